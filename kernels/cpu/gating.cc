@@ -1,0 +1,487 @@
+#include "kernels/cpu/gating.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "kernels/common/error.h"
+#include "kernels/cpu/thread_pool.h"
+
+// Precision: logits are read as float32 and scores (softmax, sigmoid, sqrt-softplus)
+// are float32 values; softmax sums are accumulated in double and the division is done
+// in double before rounding to float32. Sinkhorn's balancing matrix is kept in double.
+// Every ranking uses one strict total order: value descending with NaN after every
+// number (-inf included), then id ascending. So ties go to the lower id, and a row
+// with fewer than k orderable values fills the remaining picks with the lowest unused ids.
+
+namespace moekit::cpu {
+
+namespace {
+
+constexpr int64_t kRowGrain = 64;  // rows per parallel_for chunk (at least)
+constexpr int64_t kSinkhornBlock = 64;  // rows per fixed Sinkhorn column-sum block
+// NOTE: insertion into a sorted k-list is O(E) per row for the usual small k (most
+// candidates are rejected by one compare with the current k-th); past this k a
+// partial sort (O(E log k)) is used instead.
+constexpr int64_t kInsertionTopkMax = 32;
+constexpr float kRenormEps = 1e-20f;
+
+// The ranking order: true when (a, ia) comes before (b, ib).
+template <typename T>
+inline bool ranks_before(T a, int64_t ia, T b, int64_t ib) {
+  const bool a_nan = std::isnan(a);
+  const bool b_nan = std::isnan(b);
+  if (a_nan || b_nan) {
+    if (a_nan && b_nan) return ia < ib;
+    return b_nan;
+  }
+  if (a != b) return a > b;
+  return ia < ib;
+}
+
+// Indices of the k best entries of v[0, n) (1 <= k <= n), best first.
+// out: [k]; scratch: [n], used only when k > kInsertionTopkMax.
+template <typename T>
+void select_topk(const T* v, int64_t n, int64_t k, int32_t* out, int32_t* scratch) {
+  if (k <= kInsertionTopkMax) {
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (count == k) {
+        const int32_t worst = out[k - 1];
+        if (!ranks_before(v[i], i, v[worst], worst)) continue;
+      } else {
+        ++count;
+      }
+      // Insert i into the sorted out[0, count), dropping the old k-th when full.
+      int64_t pos = count - 1;
+      while (pos > 0 && ranks_before(v[i], i, v[out[pos - 1]], out[pos - 1])) {
+        out[pos] = out[pos - 1];
+        --pos;
+      }
+      out[pos] = static_cast<int32_t>(i);
+    }
+    return;
+  }
+  std::iota(scratch, scratch + n, 0);
+  std::partial_sort(scratch, scratch + k, scratch + n,
+                    [v](int32_t a, int32_t b) { return ranks_before(v[a], a, v[b], b); });
+  std::copy(scratch, scratch + k, out);
+}
+
+// x: [cols] <- logits row t as float32, plus logit_bias when given.
+void read_logits_row(const GatingParams& p, int64_t t, int64_t cols, float* x) {
+  const int64_t base = t * cols;
+  switch (p.logits_dtype) {
+    case DType::kF32:
+      std::memcpy(x, static_cast<const float*>(p.logits) + base, static_cast<size_t>(cols) * 4);
+      break;
+    case DType::kF16: {
+      const uint16_t* src = static_cast<const uint16_t*>(p.logits) + base;
+      for (int64_t c = 0; c < cols; ++c) x[c] = f16_to_float(src[c]);
+      break;
+    }
+    case DType::kBF16: {
+      const uint16_t* src = static_cast<const uint16_t*>(p.logits) + base;
+      for (int64_t c = 0; c < cols; ++c) x[c] = bf16_to_float(src[c]);
+      break;
+    }
+    default:
+      fail(code::kInternal, "gating: unsupported logits dtype");
+  }
+  if (p.logit_bias != nullptr) {
+    for (int64_t c = 0; c < cols; ++c) x[c] += p.logit_bias[c];
+  }
+}
+
+// out: [n] <- softmax of x[0, n) (max subtracted; float32 exp; double sum).
+// out may alias x.
+void softmax(const float* x, int64_t n, float* out) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) {
+    if (x[i] > m) m = x[i];
+  }
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = std::exp(x[i] - m);
+    sum += out[i];
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(static_cast<double>(out[i]) / sum);
+}
+
+// score: [cols] <- scoring function of x: [cols] (softmax over the whole row).
+void compute_scores(Scoring scoring, const float* x, int64_t cols, float* score) {
+  switch (scoring) {
+    case Scoring::kSoftmax:
+      softmax(x, cols, score);
+      return;
+    case Scoring::kSigmoid:
+      for (int64_t c = 0; c < cols; ++c) score[c] = 1.0f / (1.0f + std::exp(-x[c]));
+      return;
+    case Scoring::kSqrtSoftplus:
+      for (int64_t c = 0; c < cols; ++c) {
+        const float sp = x[c] > 20.0f ? x[c] : std::log1p(std::exp(x[c]));
+        score[c] = std::sqrt(sp);
+      }
+      return;
+  }
+  fail(code::kInternal, "gating: unknown scoring");
+}
+
+// Writes one token's k slots. sel: [k] chosen router columns (-1 = unused slot),
+// w: [k] their weights. Renormalisation sums all k slots (null experts included),
+// then null-expert and unused slots become (-1, 0), then routed_scaling applies.
+void write_row(const GatingParams& p, const int32_t* sel, const float* w, int32_t* ids_row,
+               float* weights_row) {
+  const int64_t k = p.k;
+  float scale = p.routed_scaling;
+  if (p.renormalize) {
+    float sum = 0.0f;
+    for (int64_t s = 0; s < k; ++s) sum += w[s];
+    const float denom = sum + kRenormEps;
+    for (int64_t s = 0; s < k; ++s) weights_row[s] = w[s] / denom * scale;
+  } else {
+    for (int64_t s = 0; s < k; ++s) weights_row[s] = w[s] * scale;
+  }
+  for (int64_t s = 0; s < k; ++s) {
+    if (sel[s] < 0 || sel[s] >= p.experts) {
+      ids_row[s] = -1;
+      weights_row[s] = 0.0f;
+    } else {
+      ids_row[s] = sel[s];
+    }
+  }
+}
+
+// load: [experts] <- number of entries of ids: [tokens, k] equal to each expert.
+// NOTE: one serial O(tokens * k) pass: cheap next to routing and thread-count free.
+void count_load(const GatingParams& p) {
+  std::vector<int64_t> counts(static_cast<size_t>(p.experts), 0);
+  const int64_t n = p.tokens * p.k;
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t id = p.ids[i];
+    if (id >= 0 && id < p.experts) ++counts[static_cast<size_t>(id)];
+  }
+  for (int64_t e = 0; e < p.experts; ++e) {
+    p.load[e] = static_cast<int32_t>(counts[static_cast<size_t>(e)]);
+  }
+}
+
+// Per-chunk scratch for the row-wise modes, sized once per parallel_for chunk.
+struct RowScratch {
+  std::vector<float> x;        // [cols] biased logits
+  std::vector<float> score;    // [cols] scores / probabilities
+  std::vector<float> choice;   // [cols] selection values (scores + correction bias, masked)
+  std::vector<int32_t> sel;    // [k] chosen columns in selection order, -1 = unused
+  std::vector<float> w;        // [k] weights before post-processing
+  std::vector<int32_t> order;  // [cols] partial-sort scratch
+  std::vector<float> group_score;     // [n_group]
+  std::vector<int32_t> group_sel;     // [topk_group] kept groups
+  std::vector<int32_t> group_order;   // [n_group] partial-sort scratch
+  std::vector<char> group_keep;       // [n_group]
+
+  RowScratch(int64_t cols, int64_t k, int64_t n_group)
+      : x(cols), score(cols), choice(cols), sel(k), w(k), order(cols), group_score(n_group),
+        group_sel(n_group), group_order(n_group), group_keep(n_group) {}
+};
+
+// kTopkScores for one row whose x is loaded.
+void route_topk_scores(const GatingParams& p, int64_t cols, RowScratch& s) {
+  compute_scores(p.scoring, s.x.data(), cols, s.score.data());
+  for (int64_t c = 0; c < cols; ++c) {
+    s.choice[c] = s.score[c];
+    if (p.correction_bias != nullptr && c < p.experts) s.choice[c] += p.correction_bias[c];
+  }
+  if (p.n_group > 1) {
+    const int64_t group_size = p.experts / p.n_group;
+    const int64_t top_in_group =
+        p.correction_bias != nullptr ? std::min<int64_t>(2, group_size) : 1;
+    int32_t top2[2];
+    for (int64_t g = 0; g < p.n_group; ++g) {
+      const float* c = s.choice.data() + g * group_size;
+      select_topk(c, group_size, top_in_group, top2, nullptr);
+      float gs = c[top2[0]];
+      if (top_in_group == 2) gs += c[top2[1]];
+      s.group_score[g] = gs;
+    }
+    select_topk(s.group_score.data(), p.n_group, p.topk_group, s.group_sel.data(),
+                s.group_order.data());
+    std::fill(s.group_keep.begin(), s.group_keep.end(), 0);
+    for (int64_t i = 0; i < p.topk_group; ++i) s.group_keep[s.group_sel[i]] = 1;
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    for (int64_t g = 0; g < p.n_group; ++g) {
+      if (s.group_keep[g]) continue;
+      float* group = s.choice.data() + g * group_size;
+      std::fill(group, group + group_size, neg_inf);
+    }
+  }
+  select_topk(s.choice.data(), cols, p.k, s.sel.data(), s.order.data());
+  for (int64_t i = 0; i < p.k; ++i) s.w[i] = s.score[s.sel[i]];
+}
+
+// kTopkLogitsThenSoftmax for one row whose x is loaded.
+void route_topk_logits(const GatingParams& p, int64_t cols, RowScratch& s) {
+  select_topk(s.x.data(), cols, p.k, s.sel.data(), s.order.data());
+  for (int64_t i = 0; i < p.k; ++i) s.w[i] = s.x[s.sel[i]];
+  softmax(s.w.data(), p.k, s.w.data());
+}
+
+// kTopP for one row whose x is loaded.
+void route_top_p(const GatingParams& p, int64_t cols, RowScratch& s) {
+  softmax(s.x.data(), cols, s.score.data());
+  select_topk(s.score.data(), cols, p.k, s.sel.data(), s.order.data());
+  // NOTE: cumulative sum in double over the float32 probabilities.
+  double cum = 0.0;
+  int64_t used = p.k;
+  for (int64_t i = 0; i < p.k; ++i) {
+    cum += s.score[s.sel[i]];
+    if (cum >= static_cast<double>(p.top_p)) {
+      used = i + 1;
+      break;
+    }
+  }
+  for (int64_t i = 0; i < p.k; ++i) {
+    if (i < used) {
+      s.w[i] = s.score[s.sel[i]];
+    } else {
+      s.sel[i] = -1;
+      s.w[i] = 0.0f;
+    }
+  }
+}
+
+// kTopkScores, kTopkLogitsThenSoftmax and kTopP: independent rows.
+void route_rows(const GatingParams& p) {
+  const int64_t cols = p.experts + p.null_experts;
+  parallel_for(p.tokens, kRowGrain, [&](int64_t begin, int64_t end) {
+    RowScratch s(cols, p.k, p.n_group > 1 ? p.n_group : 0);
+    for (int64_t t = begin; t < end; ++t) {
+      read_logits_row(p, t, cols, s.x.data());
+      switch (p.selection) {
+        case Selection::kTopkScores: route_topk_scores(p, cols, s); break;
+        case Selection::kTopkLogitsThenSoftmax: route_topk_logits(p, cols, s); break;
+        case Selection::kTopP: route_top_p(p, cols, s); break;
+        default: fail(code::kInternal, "gating: route_rows got a non row-wise selection");
+      }
+      write_row(p, s.sel.data(), s.w.data(), p.ids + t * p.k, p.weights + t * p.k);
+    }
+  });
+}
+
+// kExpertChoice. ids and weights are [tokens, experts]; weights doubles as the
+// [tokens, experts] score matrix until each expert's column is finalised.
+void route_expert_choice(const GatingParams& p) {
+  const int64_t T = p.tokens;
+  const int64_t E = p.experts;
+  // Pass 1 (over tokens): scores into weights, ids to -1.
+  parallel_for(T, kRowGrain, [&](int64_t begin, int64_t end) {
+    std::vector<float> x(E);  // [E] biased logits
+    for (int64_t t = begin; t < end; ++t) {
+      read_logits_row(p, t, E, x.data());
+      compute_scores(p.scoring, x.data(), E, p.weights + t * E);
+      std::fill(p.ids + t * E, p.ids + (t + 1) * E, -1);
+    }
+  });
+  double cap = std::ceil(static_cast<double>(p.capacity_factor) * static_cast<double>(T) *
+                         static_cast<double>(p.choice_k) / static_cast<double>(E));
+  cap = std::min(std::max(cap, 0.0), static_cast<double>(T));
+  const int64_t C = static_cast<int64_t>(cap);
+  // Pass 2 (over experts): each expert keeps its top-C tokens by score.
+  // NOTE: column access is strided, but each expert does O(T) work with nth_element
+  // and owns its column and its load entry, so there is no sharing between chunks.
+  parallel_for(E, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> order(T);  // [T] token ids, partitioned by score
+    for (int64_t e = begin; e < end; ++e) {
+      const float* w = p.weights + e;  // column e, stride E
+      std::iota(order.begin(), order.end(), 0);
+      std::nth_element(order.begin(), order.begin() + C, order.end(), [w, E](int32_t a, int32_t b) {
+        return ranks_before(w[a * E], a, w[b * E], b);
+      });
+      for (int64_t i = 0; i < C; ++i) p.ids[order[i] * E + e] = static_cast<int32_t>(e);
+      for (int64_t t = 0; t < T; ++t) {
+        float& wt = p.weights[t * E + e];
+        wt = p.ids[t * E + e] == e ? wt * p.routed_scaling : 0.0f;
+      }
+      p.load[e] = static_cast<int32_t>(C);
+    }
+  });
+}
+
+// kSinkhorn. P: [tokens, experts] double, P = exp(x - rowmax); each iteration divides
+// every column by its sum, then every row by its sum. Top-k per row of the result;
+// weights are the plain softmax probabilities of x.
+void route_sinkhorn(const GatingParams& p) {
+  const int64_t T = p.tokens;
+  const int64_t E = p.experts;
+  const int64_t iters = p.sinkhorn_iters;
+  // NOTE: column sums come from fixed 64-row blocks (block partials summed in block
+  // order), so the result is the same for any thread count.
+  const int64_t blocks = (T + kSinkhornBlock - 1) / kSinkhornBlock;
+  std::vector<double> P;        // [T, E] balancing matrix (only when iters > 0)
+  std::vector<double> partial;  // [blocks, E] per-block column sums
+  std::vector<double> colsum;   // [E]
+  if (iters > 0) {
+    P.resize(static_cast<size_t>(T * E));
+    partial.assign(static_cast<size_t>(blocks * E), 0.0);
+    colsum.resize(static_cast<size_t>(E));
+    parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<float> x(E);  // [E] biased logits
+      for (int64_t b = b0; b < b1; ++b) {
+        double* part = partial.data() + b * E;
+        for (int64_t t = b * kSinkhornBlock; t < std::min(T, (b + 1) * kSinkhornBlock); ++t) {
+          read_logits_row(p, t, E, x.data());
+          float m = -std::numeric_limits<float>::infinity();
+          for (int64_t e = 0; e < E; ++e) {
+            if (x[e] > m) m = x[e];
+          }
+          double* row = P.data() + t * E;
+          for (int64_t e = 0; e < E; ++e) {
+            row[e] = std::exp(static_cast<double>(x[e]) - static_cast<double>(m));
+            part[e] += row[e];
+          }
+        }
+      }
+    });
+    for (int64_t it = 0; it < iters; ++it) {
+      std::fill(colsum.begin(), colsum.end(), 0.0);
+      for (int64_t b = 0; b < blocks; ++b) {
+        for (int64_t e = 0; e < E; ++e) colsum[e] += partial[b * E + e];
+      }
+      const bool last = it + 1 == iters;
+      parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          double* part = partial.data() + b * E;
+          if (!last) std::fill(part, part + E, 0.0);
+          for (int64_t t = b * kSinkhornBlock; t < std::min(T, (b + 1) * kSinkhornBlock); ++t) {
+            double* row = P.data() + t * E;
+            double rowsum = 0.0;
+            for (int64_t e = 0; e < E; ++e) {
+              row[e] /= colsum[e];
+              rowsum += row[e];
+            }
+            for (int64_t e = 0; e < E; ++e) row[e] /= rowsum;
+            if (!last) {
+              for (int64_t e = 0; e < E; ++e) part[e] += row[e];
+            }
+          }
+        }
+      });
+    }
+  }
+  parallel_for(T, kRowGrain, [&](int64_t begin, int64_t end) {
+    std::vector<float> x(E);        // [E] biased logits, then softmax probabilities
+    std::vector<double> pe(E);      // [E] exp(x - rowmax) when iters == 0
+    std::vector<int32_t> sel(p.k);  // [k] chosen experts
+    std::vector<float> w(p.k);      // [k] their probabilities
+    std::vector<int32_t> order(E);  // [E] partial-sort scratch
+    for (int64_t t = begin; t < end; ++t) {
+      read_logits_row(p, t, E, x.data());
+      const double* row = P.empty() ? nullptr : P.data() + t * E;
+      if (row == nullptr) {
+        // Zero iterations: P = exp(x - rowmax), computed the same way as above.
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t e = 0; e < E; ++e) {
+          if (x[e] > m) m = x[e];
+        }
+        for (int64_t e = 0; e < E; ++e) {
+          pe[e] = std::exp(static_cast<double>(x[e]) - static_cast<double>(m));
+        }
+        row = pe.data();
+      }
+      select_topk(row, E, p.k, sel.data(), order.data());
+      softmax(x.data(), E, x.data());
+      for (int64_t i = 0; i < p.k; ++i) w[i] = x[sel[i]];
+      write_row(p, sel.data(), w.data(), p.ids + t * p.k, p.weights + t * p.k);
+    }
+  });
+}
+
+void validate(const GatingParams& p) {
+  MOEKIT_REQUIRE(p.tokens >= 0, "gating: tokens must be >= 0, got ", p.tokens);
+  MOEKIT_REQUIRE(p.experts >= 1, "gating: experts must be >= 1, got ", p.experts);
+  MOEKIT_REQUIRE(p.null_experts >= 0, "gating: null_experts must be >= 0, got ", p.null_experts);
+  MOEKIT_REQUIRE(p.experts + p.null_experts <= std::numeric_limits<int32_t>::max(),
+                 "gating: experts + null_experts must fit in int32");
+  MOEKIT_REQUIRE(p.k >= 1, "gating: k must be >= 1, got ", p.k);
+  MOEKIT_REQUIRE(p.logits_dtype == DType::kF32 || p.logits_dtype == DType::kF16 ||
+                     p.logits_dtype == DType::kBF16,
+                 "gating: logits must be f32, f16 or bf16, got ", dtype_name(p.logits_dtype));
+  const int32_t scoring = static_cast<int32_t>(p.scoring);
+  MOEKIT_REQUIRE(scoring >= 0 && scoring <= 2, "gating: unknown scoring ", scoring);
+  MOEKIT_REQUIRE(p.load != nullptr, "gating: load must not be null");
+  if (p.tokens > 0) {
+    MOEKIT_REQUIRE(p.logits != nullptr, "gating: logits must not be null");
+    MOEKIT_REQUIRE(p.ids != nullptr, "gating: ids must not be null");
+    MOEKIT_REQUIRE(p.weights != nullptr, "gating: weights must not be null");
+  }
+  const int64_t cols = p.experts + p.null_experts;
+  switch (p.selection) {
+    case Selection::kTopkScores:
+      MOEKIT_REQUIRE(p.k <= cols, "gating: k (", p.k, ") must be <= experts + null_experts (",
+                     cols, ")");
+      MOEKIT_REQUIRE(p.n_group >= 1, "gating: n_group must be >= 1, got ", p.n_group);
+      if (p.n_group > 1) {
+        MOEKIT_REQUIRE(p.experts % p.n_group == 0, "gating: experts (", p.experts,
+                       ") must be divisible by n_group (", p.n_group, ")");
+        MOEKIT_REQUIRE(p.null_experts == 0, "gating: grouped top-k does not support null experts");
+        MOEKIT_REQUIRE(p.topk_group >= 1 && p.topk_group <= p.n_group, "gating: topk_group (",
+                       p.topk_group, ") must be in [1, n_group = ", p.n_group, "]");
+        const int64_t reachable = static_cast<int64_t>(p.topk_group) * (p.experts / p.n_group);
+        MOEKIT_REQUIRE(p.k <= reachable, "gating: k (", p.k,
+                       ") must be <= topk_group * experts / n_group (", reachable, ")");
+      }
+      return;
+    case Selection::kTopkLogitsThenSoftmax:
+      MOEKIT_REQUIRE(p.k <= cols, "gating: k (", p.k, ") must be <= experts + null_experts (",
+                     cols, ")");
+      return;
+    case Selection::kTopP:
+      MOEKIT_REQUIRE(p.scoring == Scoring::kSoftmax,
+                     "gating: top-p selection requires softmax scoring");
+      MOEKIT_REQUIRE(p.top_p > 0.0f && p.top_p <= 1.0f, "gating: top_p must be in (0, 1], got ",
+                     p.top_p);
+      MOEKIT_REQUIRE(p.k <= cols, "gating: k (", p.k, ") must be <= experts + null_experts (",
+                     cols, ")");
+      return;
+    case Selection::kExpertChoice:
+      MOEKIT_REQUIRE(p.null_experts == 0, "gating: expert-choice does not support null experts");
+      MOEKIT_REQUIRE(p.k == p.experts, "gating: expert-choice needs k == experts (", p.experts,
+                     "), got ", p.k);
+      MOEKIT_REQUIRE(std::isfinite(p.capacity_factor) && p.capacity_factor >= 0.0f,
+                     "gating: capacity_factor must be finite and >= 0, got ", p.capacity_factor);
+      MOEKIT_REQUIRE(p.choice_k >= 1, "gating: choice_k must be >= 1, got ", p.choice_k);
+      return;
+    case Selection::kSinkhorn:
+      MOEKIT_REQUIRE(p.null_experts == 0, "gating: sinkhorn does not support null experts");
+      MOEKIT_REQUIRE(p.k <= p.experts, "gating: k (", p.k, ") must be <= experts (", p.experts,
+                     ")");
+      MOEKIT_REQUIRE(p.sinkhorn_iters >= 0, "gating: sinkhorn_iters must be >= 0, got ",
+                     p.sinkhorn_iters);
+      return;
+  }
+  fail(code::kInvalidArgument, "gating: unknown selection ", static_cast<int32_t>(p.selection));
+}
+
+}  // namespace
+
+void gating(const GatingParams& p) {
+  validate(p);
+  std::fill(p.load, p.load + p.experts, 0);
+  if (p.tokens == 0) return;
+  switch (p.selection) {
+    case Selection::kExpertChoice:
+      route_expert_choice(p);
+      return;  // load is filled per expert
+    case Selection::kSinkhorn:
+      route_sinkhorn(p);
+      break;
+    default:
+      route_rows(p);
+      break;
+  }
+  count_load(p);
+}
+
+}  // namespace moekit::cpu

@@ -1,0 +1,51 @@
+// What the rest of moekit may ask of CUDA. This header has no CUDA includes so that
+// the binding and the CPU build can use it; the implementation is runtime.cu when
+// the build has nvcc and runtime_disabled.cc otherwise.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace moekit::cuda {
+
+struct DeviceInfo {
+  int32_t index = 0;
+  std::string name;
+  int32_t major = 0;  // compute capability
+  int32_t minor = 0;
+  int64_t memory_bytes = 0;
+  int32_t multiprocessors = 0;
+};
+
+struct RuntimeInfo {
+  bool compiled_with_cuda = false;
+  int32_t driver_version = 0;   // e.g. 13000 for CUDA 13.0; 0 when no driver
+  int32_t runtime_version = 0;  // the CUDA runtime linked into the binary
+  std::vector<DeviceInfo> devices;
+  std::string unavailable_reason;  // empty when at least one device is usable
+};
+
+// Queried once and cached; cheap after the first call.
+const RuntimeInfo& runtime_info();
+
+// Throws ERR_CUDA_UNAVAILABLE (with the reason in words) unless `device` is usable.
+void require_device(int32_t device);
+
+// Runs `fn` as the device's worker: with the device current, holding the device's
+// lock, so work submitted to its stream from different threads is serialised.
+// Synchronises the stream before returning and turns CUDA failures into Errors.
+void run_on_device(int32_t device, const std::function<void()>& fn);
+
+// Inside run_on_device: the device's stream (a cudaStream_t, opaque here).
+void* current_stream();
+
+// Stream-ordered allocation from the device's memory pool. ERR_CUDA_OOM when full.
+void* device_alloc(int32_t device, int64_t bytes);
+void device_free(int32_t device, void* ptr);
+
+enum class CopyKind { kHostToDevice, kDeviceToHost, kDeviceToDevice };
+void copy(int32_t device, void* dst, const void* src, int64_t bytes, CopyKind kind);
+
+}  // namespace moekit::cuda

@@ -1,0 +1,186 @@
+// The CUDA runtime interface: device discovery, the per-device worker (lock +
+// stream), stream-ordered allocation and copies. Linked with static cudart, so a
+// binary containing this file loads on machines without a GPU or a driver.
+#include <cuda_runtime.h>
+
+#include <mutex>
+#include <vector>
+
+#include "kernels/common/error.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_runtime.h"
+
+namespace moekit::cuda {
+
+namespace {
+
+std::string reason_in_words(cudaError_t err) {
+  switch (err) {
+    case cudaErrorInsufficientDriver:
+      return "CUDA error 35 (cudaErrorInsufficientDriver): no NVIDIA driver is installed, or the "
+             "installed driver is older than this CUDA 13 runtime needs (driver 580 or newer)";
+    case cudaErrorNoDevice:
+      return "CUDA error 100 (cudaErrorNoDevice): the driver is installed but reports no CUDA device "
+             "(check CUDA_VISIBLE_DEVICES and nvidia-smi)";
+    default:
+      return "CUDA error " + std::to_string(static_cast<int>(err)) + " (" + cudaGetErrorName(err) +
+             "): " + cudaGetErrorString(err);
+  }
+}
+
+struct DeviceState {
+  std::mutex lock;              // held by the worker running on this device
+  cudaStream_t stream = nullptr;
+  std::mutex pending_lock;      // guards pending_frees
+  std::vector<void*> pending_frees;  // freed while the device was busy; released by the worker
+};
+
+std::vector<DeviceState>& device_states() {
+  static std::vector<DeviceState> states(runtime_info().devices.size());
+  return states;
+}
+
+thread_local cudaStream_t tls_stream = nullptr;
+thread_local int32_t tls_device = -1;
+
+DeviceState& state_for(int32_t device) {
+  require_device(device);
+  return device_states()[static_cast<size_t>(device)];
+}
+
+void drain_pending_frees(DeviceState& s) {
+  std::vector<void*> frees;
+  {
+    std::lock_guard<std::mutex> g(s.pending_lock);
+    frees.swap(s.pending_frees);
+  }
+  for (void* p : frees) cudaFreeAsync(p, s.stream);
+}
+
+}  // namespace
+
+const RuntimeInfo& runtime_info() {
+  static const RuntimeInfo info = [] {
+    RuntimeInfo r;
+    r.compiled_with_cuda = true;
+    cudaRuntimeGetVersion(&r.runtime_version);
+    if (cudaDriverGetVersion(&r.driver_version) != cudaSuccess) r.driver_version = 0;
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess) {
+      cudaGetLastError();  // clear, so later calls do not see a stale error
+      r.unavailable_reason = reason_in_words(err);
+      return r;
+    }
+    if (count == 0) {
+      r.unavailable_reason = reason_in_words(cudaErrorNoDevice);
+      return r;
+    }
+    for (int i = 0; i < count; ++i) {
+      cudaDeviceProp prop{};
+      if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) {
+        cudaGetLastError();
+        continue;
+      }
+      DeviceInfo d;
+      d.index = i;
+      d.name = prop.name;
+      d.major = prop.major;
+      d.minor = prop.minor;
+      d.memory_bytes = static_cast<int64_t>(prop.totalGlobalMem);
+      d.multiprocessors = prop.multiProcessorCount;
+      r.devices.push_back(d);
+    }
+    if (r.devices.empty()) r.unavailable_reason = "no CUDA device could be queried";
+    return r;
+  }();
+  return info;
+}
+
+void require_device(int32_t device) {
+  const RuntimeInfo& info = runtime_info();
+  if (!info.unavailable_reason.empty())
+    fail(code::kCudaUnavailable, "CUDA is not usable: ", info.unavailable_reason);
+  if (device < 0 || device >= static_cast<int32_t>(info.devices.size()))
+    fail(code::kCudaUnavailable, "CUDA device ", device, " does not exist (", info.devices.size(),
+         " device(s) found)");
+}
+
+void run_on_device(int32_t device, const std::function<void()>& fn) {
+  if (tls_device == device) {  // already this device's worker: run inline (the lock is held)
+    fn();
+    return;
+  }
+  DeviceState& s = state_for(device);
+  std::lock_guard<std::mutex> g(s.lock);
+  MOEKIT_CUDA_CHECK(cudaSetDevice(device));
+  if (s.stream == nullptr) MOEKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
+  drain_pending_frees(s);
+  const int32_t outer_device = tls_device;
+  const cudaStream_t outer_stream = tls_stream;
+  tls_stream = s.stream;
+  tls_device = device;
+  struct Reset {
+    int32_t d;
+    cudaStream_t st;
+    ~Reset() {
+      tls_stream = st;
+      tls_device = d;
+    }
+  } reset{outer_device, outer_stream};
+  try {
+    fn();
+  } catch (...) {
+    cudaStreamSynchronize(s.stream);  // leave no work in flight that references freed memory
+    throw;
+  }
+  MOEKIT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+}
+
+void* current_stream() {
+  MOEKIT_CHECK(tls_stream != nullptr, "current_stream() outside run_on_device");
+  return tls_stream;
+}
+
+void* device_alloc(int32_t device, int64_t bytes) {
+  void* p = nullptr;
+  run_on_device(device, [&] {
+    cudaError_t err = cudaMallocAsync(&p, static_cast<size_t>(bytes > 0 ? bytes : 1), tls_stream);
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      fail(code::kCudaOutOfMemory, "out of device memory on cuda:", device, " allocating ", bytes,
+           " bytes");
+    }
+    MOEKIT_CUDA_CHECK(err);
+  });
+  return p;
+}
+
+void device_free(int32_t device, void* ptr) {
+  if (ptr == nullptr) return;
+  const RuntimeInfo& info = runtime_info();
+  if (device < 0 || device >= static_cast<int32_t>(info.devices.size())) return;
+  DeviceState& s = device_states()[static_cast<size_t>(device)];
+  // NOTE: never block the caller (often the JS thread running a finalizer) on a busy
+  // device: when the worker holds the lock, queue the pointer for it to release.
+  std::unique_lock<std::mutex> g(s.lock, std::try_to_lock);
+  if (g.owns_lock() && s.stream != nullptr) {
+    cudaSetDevice(device);
+    cudaFreeAsync(ptr, s.stream);
+    return;
+  }
+  std::lock_guard<std::mutex> pg(s.pending_lock);
+  s.pending_frees.push_back(ptr);
+}
+
+void copy(int32_t device, void* dst, const void* src, int64_t bytes, CopyKind kind) {
+  if (bytes == 0) return;
+  cudaMemcpyKind k = kind == CopyKind::kHostToDevice   ? cudaMemcpyHostToDevice
+                     : kind == CopyKind::kDeviceToHost ? cudaMemcpyDeviceToHost
+                                                       : cudaMemcpyDeviceToDevice;
+  run_on_device(device, [&] {
+    MOEKIT_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes), k, tls_stream));
+  });
+}
+
+}  // namespace moekit::cuda

@@ -1,0 +1,33 @@
+// The CUDA runtime interface for builds without nvcc: every call reports that this
+// binary was built without the CUDA backend.
+#include "kernels/common/error.h"
+#include "kernels/cuda/cuda_runtime.h"
+
+namespace moekit::cuda {
+
+namespace {
+[[noreturn]] void not_compiled() {
+  fail(code::kCudaUnavailable,
+       "this moekit binary was built without the CUDA backend (nvcc was not found at build time); "
+       "rebuild with nvcc on PATH or CUDACXX set: npm run rebuild");
+}
+}  // namespace
+
+const RuntimeInfo& runtime_info() {
+  static const RuntimeInfo info = [] {
+    RuntimeInfo r;
+    r.compiled_with_cuda = false;
+    r.unavailable_reason = "this binary was built without the CUDA backend (nvcc was not found at build time)";
+    return r;
+  }();
+  return info;
+}
+
+void require_device(int32_t) { not_compiled(); }
+void run_on_device(int32_t, const std::function<void()>&) { not_compiled(); }
+void* current_stream() { not_compiled(); }
+void* device_alloc(int32_t, int64_t) { not_compiled(); }
+void device_free(int32_t, void*) {}
+void copy(int32_t, void*, const void*, int64_t, CopyKind) { not_compiled(); }
+
+}  // namespace moekit::cuda

@@ -1,0 +1,345 @@
+/**
+ * MoELayer: the configuration and weights of one Mixture-of-Experts layer, and its
+ * forward pass (router → gating → dispatch → expert MLPs → combine, plus shared experts).
+ */
+import { Device, resolveDevice } from './device';
+import { DType, FLOAT_DTYPES, dtypeCode } from './dtype';
+import { MoekitError, checkBoolean, checkInteger, checkNumber, checkOneOf, checkOptions, rangeError, typeError } from './errors';
+import { RawTensor, native } from './native';
+import { ACTIVATIONS, Activation, WeightLayout } from './ops';
+import { Family, PresetOptions, preset } from './presets';
+import { ResolvedRouting, RoutingOptions, RoutingStats, encodeRouting, resolveRouting, routingStats } from './routing';
+import { Tensor, checkTensor, describeTensor } from './tensor';
+
+/** Shape and math of a layer. */
+export interface MoELayerConfig {
+  hidden: number;
+  /** Intermediate size of one routed expert (I). */
+  intermediate: number;
+  /** Routed experts (E). */
+  experts: number;
+  routing: RoutingOptions;
+  /** Activation of the first projection. Default 'swiglu'. */
+  activation?: Activation;
+  /** Layout of the first projection's weights: 'enk' [E, N, H] (default) or 'ekn' [E, H, N]. */
+  layoutIn?: WeightLayout;
+  /** Layout of the down projection: 'enk' [E, H, I] (default) or 'ekn' [E, I, H]. */
+  layoutOut?: WeightLayout;
+  /** gpt-oss clamped SwiGLU sigmoid scale (default 1.702). */
+  alpha?: number;
+  /** gpt-oss clamped SwiGLU limit (default 7). */
+  limit?: number;
+  /** Intermediate size of the shared expert(s) together; 0 or absent for none. */
+  sharedIntermediate?: number;
+  /** Pad each expert's group to this many rows (the GEMM tile layout). Default 1. */
+  blockSize?: number;
+  /** Per-expert capacity in pairs (later tokens dropped first). Default unlimited. */
+  capacity?: number;
+}
+
+/** Weights of a layer. Expert weights are f32, f16 or bf16 host tensors. */
+export interface MoELayerWeights {
+  /** [experts + nullExperts, hidden]. */
+  router: Tensor;
+  /** [experts + nullExperts], dtype of router (gpt-oss). */
+  routerBias?: Tensor;
+  /** [experts] f32: DeepSeek-V3 e_score_correction_bias (selection only). */
+  correctionBias?: Tensor;
+  /** Fused gate+up [E, 2I, H] (or [E, H, 2I] for 'ekn'); or the only projection [E, I, H] for non-GLU activations. */
+  gateUp?: Tensor;
+  /** Separate gate [E, I, H] (Mixtral w1), with `up`. */
+  gate?: Tensor;
+  /** Separate up [E, I, H] (Mixtral w3), with `gate`. */
+  up?: Tensor;
+  /** Bias of gateUp [E, 2I] (or of gate [E, I]). */
+  gateUpBias?: Tensor;
+  /** Bias of up [E, I]. */
+  upBias?: Tensor;
+  /** Down projection [E, H, I] (or [E, I, H] for 'ekn'). */
+  down: Tensor;
+  /** [E, H]. */
+  downBias?: Tensor;
+  /** Shared expert(s): SwiGLU MLP run on every token. */
+  shared?: {
+    /** Fused [2·Is, H], or use gate + up. */
+    gateUp?: Tensor;
+    gate?: Tensor;
+    up?: Tensor;
+    /** [H, Is]. */
+    down: Tensor;
+    /** [1, H]: output scaled by sigmoid(x · gate) (Qwen2-MoE shared_expert_gate). */
+    outputGate?: Tensor;
+  };
+}
+
+/** Options of MoELayer.forward. */
+export interface ForwardOptions {
+  /** Also return the routing used (ids, weights, load, statistics). */
+  returnRouting?: boolean;
+  /** Forced routing (routing replay): [T, k] i32 expert ids, -1 = skip. The gate is skipped. */
+  forcedIds?: Tensor;
+  /** [T, k] f32 weights for forcedIds; default: the router's scores at those ids, post-processed like the gate. */
+  forcedWeights?: Tensor;
+  /** Output dtype; default the input's. */
+  outputDtype?: DType;
+  /** Device for this call; default the layer's. */
+  device?: string;
+}
+
+/** The routing a forward used. */
+export interface ForwardRouting {
+  ids: Tensor;
+  weights: Tensor;
+  load: Tensor;
+  dropped: number;
+  stats: RoutingStats;
+}
+
+/** Result of forward with returnRouting. */
+export interface ForwardResult {
+  output: Tensor;
+  routing: ForwardRouting;
+}
+
+function layoutCode(l: WeightLayout): number {
+  return l === 'enk' ? 0 : 1;
+}
+
+/** One Mixture-of-Experts layer. */
+export class MoELayer {
+  readonly config: Readonly<Required<Omit<MoELayerConfig, 'routing' | 'capacity'>>> & { capacity: number | undefined };
+  readonly routing: ResolvedRouting;
+  readonly device: Device;
+  private weights: MoELayerWeights | undefined;
+  private readonly ownsWeights: boolean;
+
+  /**
+   * @param config shape and math (see {@link MoELayer.fromPreset} for a family's math)
+   * @param weights host tensors; the layer keeps references (and disposes them with
+   *   `dispose()` when `ownsWeights` is true)
+   */
+  constructor(config: MoELayerConfig, weights: MoELayerWeights, options: { device?: string; ownsWeights?: boolean } = {}) {
+    const c = checkOptions<MoELayerConfig>('config', config);
+    const hidden = checkInteger('config.hidden', c.hidden, 1, 1 << 20);
+    const intermediate = checkInteger('config.intermediate', c.intermediate, 1, 1 << 22);
+    const experts = checkInteger('config.experts', c.experts, 1, 1 << 16);
+    if (c.routing === undefined) throw typeError('config.routing', 'a routing options object', c.routing);
+    const routing = resolveRouting('config.routing', experts, checkOptions<RoutingOptions>('config.routing', c.routing));
+    const activation = c.activation === undefined ? 'swiglu' : checkOneOf('config.activation', c.activation, ACTIVATIONS);
+    const layoutIn = c.layoutIn === undefined ? 'enk' : checkOneOf('config.layoutIn', c.layoutIn, ['enk', 'ekn'] as const);
+    const layoutOut = c.layoutOut === undefined ? 'enk' : checkOneOf('config.layoutOut', c.layoutOut, ['enk', 'ekn'] as const);
+    this.config = Object.freeze({
+      hidden,
+      intermediate,
+      experts,
+      activation,
+      layoutIn,
+      layoutOut,
+      alpha: c.alpha === undefined ? 1.702 : checkNumber('config.alpha', c.alpha),
+      limit: c.limit === undefined ? 7 : checkNumber('config.limit', c.limit, 0),
+      sharedIntermediate: c.sharedIntermediate === undefined ? 0 : checkInteger('config.sharedIntermediate', c.sharedIntermediate, 0, 1 << 22),
+      blockSize: c.blockSize === undefined ? 1 : checkInteger('config.blockSize', c.blockSize, 1, 4096),
+      capacity: c.capacity === undefined ? undefined : checkInteger('config.capacity', c.capacity, 0, 2 ** 31 - 1),
+    });
+    this.routing = routing;
+    const o = checkOptions<{ device?: string; ownsWeights?: boolean }>('options', options);
+    this.device = pickLayerDevice(o.device, 'options.device');
+    this.ownsWeights = o.ownsWeights === undefined ? false : checkBoolean('options.ownsWeights', o.ownsWeights);
+    this.weights = checkWeights(this.config, routing, weights);
+  }
+
+  /** A layer with a family's routing math (see presets.ts). */
+  static fromPreset(
+    family: Family,
+    presetOptions: PresetOptions,
+    shape: { hidden: number; intermediate: number; experts: number; sharedIntermediate?: number },
+    weights: MoELayerWeights,
+    options: { device?: string; ownsWeights?: boolean } = {},
+  ): MoELayer {
+    const p = preset(family, presetOptions);
+    const s = checkOptions<typeof shape>('shape', shape);
+    return new MoELayer(
+      {
+        hidden: s.hidden as number,
+        intermediate: s.intermediate as number,
+        experts: s.experts as number,
+        sharedIntermediate: s.sharedIntermediate,
+        routing: p.routing,
+        activation: p.activation,
+        layoutIn: p.layoutIn,
+        layoutOut: p.layoutOut,
+        ...(p.alpha !== undefined ? { alpha: p.alpha } : {}),
+        ...(p.limit !== undefined ? { limit: p.limit } : {}),
+      },
+      weights,
+      options,
+    );
+  }
+
+  /** True once dispose() has run. */
+  get disposed(): boolean {
+    return this.weights === undefined;
+  }
+
+  /** Releases the layer (and its weights when it owns them). Forwards in flight finish normally. */
+  dispose(): void {
+    if (this.weights !== undefined && this.ownsWeights) {
+      for (const t of weightList(this.weights)) t.dispose();
+    }
+    this.weights = undefined;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** Runs the layer on x [T, hidden] (f32, f16 or bf16). Resolves to the output [T, hidden]. */
+  forward(x: Tensor, options?: ForwardOptions & { returnRouting?: false }): Promise<Tensor>;
+  /** Runs the layer and also returns the routing it used. */
+  forward(x: Tensor, options: ForwardOptions & { returnRouting: true }): Promise<ForwardResult>;
+  async forward(x: Tensor, options: ForwardOptions = {}): Promise<Tensor | ForwardResult> {
+    const w = this.weights;
+    if (w === undefined) throw new MoekitError('the layer has been disposed', 'ERR_DISPOSED');
+    checkTensor('x', x);
+    const o = checkOptions<ForwardOptions>('options', options);
+    const { hidden } = this.config;
+    if (x.shape.length !== 2 || x.shape[1] !== hidden || !FLOAT_DTYPES.includes(x.dtype))
+      throw rangeError('x', `a f32, f16 or bf16 tensor of shape [tokens, ${hidden}]`, describeTensor(x));
+    const device = o.device === undefined ? this.device : pickLayerDevice(o.device, 'options.device');
+    if (device.kind !== 'cpu' || x.device.kind !== 'cpu')
+      throw new MoekitError(
+        `MoELayer.forward runs on the CPU backend in this version; asked for ${device.name} with x on ${x.device.name}`,
+        'ERR_UNSUPPORTED',
+      );
+    const T = x.shape[0];
+    const slots = this.routing.slots;
+    const outputDtype = o.outputDtype === undefined ? x.dtype : checkOneOf('options.outputDtype', o.outputDtype, FLOAT_DTYPES);
+    const returnRouting = o.returnRouting === undefined ? false : checkBoolean('options.returnRouting', o.returnRouting);
+    if (o.forcedIds !== undefined) {
+      checkTensor('options.forcedIds', o.forcedIds);
+      if (o.forcedIds.dtype !== 'i32' || o.forcedIds.shape.length !== 2 || o.forcedIds.shape[0] !== T || o.forcedIds.shape[1] !== slots)
+        throw rangeError('options.forcedIds', `an i32 tensor of shape [${T}, ${slots}]`, describeTensor(o.forcedIds));
+      const ids = o.forcedIds.toArraySync() as Int32Array;
+      for (let i = 0; i < ids.length; i++)
+        if (!(ids[i] >= -1 && ids[i] < this.config.experts))
+          throw rangeError('options.forcedIds', `expert ids in [-1, ${this.config.experts})`, `${ids[i]} at [${Math.floor(i / slots)}, ${i % slots}]`);
+    }
+    if (o.forcedWeights !== undefined) {
+      if (o.forcedIds === undefined) throw rangeError('options.forcedWeights', 'forcedIds alongside forcedWeights', 'forcedWeights alone');
+      checkTensor('options.forcedWeights', o.forcedWeights);
+      if (o.forcedWeights.dtype !== 'f32' || o.forcedWeights.shape.join() !== `${T},${slots}`)
+        throw rangeError('options.forcedWeights', `a f32 tensor of shape [${T}, ${slots}]`, describeTensor(o.forcedWeights));
+    }
+    const c = this.config;
+    const fusedIn = w.gateUp !== undefined;
+    const raw = await (native().moeLayerForward as (p: object) => Promise<RawTensor[]>)({
+      x: x.raw,
+      routerW: w.router.raw,
+      routerB: w.routerBias?.raw,
+      correctionBias: w.correctionBias?.raw,
+      wIn: (fusedIn ? w.gateUp : w.gate)!.raw,
+      wInUp: fusedIn ? undefined : w.up!.raw,
+      bIn: w.gateUpBias?.raw,
+      bInUp: w.upBias?.raw,
+      wOut: w.down.raw,
+      bOut: w.downBias?.raw,
+      layoutIn: layoutCode(c.layoutIn),
+      layoutOut: layoutCode(c.layoutOut),
+      sharedWIn: (w.shared?.gateUp ?? w.shared?.gate)?.raw,
+      sharedWInUp: w.shared?.gateUp === undefined ? w.shared?.up?.raw : undefined,
+      sharedWOut: w.shared?.down.raw,
+      sharedGate: w.shared?.outputGate?.raw,
+      sharedIntermediate: w.shared === undefined ? 0 : c.sharedIntermediate,
+      forcedIds: o.forcedIds?.raw,
+      forcedWeights: o.forcedWeights?.raw,
+      experts: c.experts,
+      intermediate: c.intermediate,
+      activation: ACTIVATIONS.indexOf(c.activation),
+      alpha: c.alpha,
+      limit: c.limit,
+      blockSize: c.blockSize,
+      capacity: c.capacity ?? -1,
+      outDtype: dtypeCode(outputDtype),
+      ...encodeRouting(this.routing),
+    });
+    const [output, ids, weights, load, droppedRaw] = raw.map((r) => new Tensor(r));
+    const dropped = Number((droppedRaw.toArraySync() as BigInt64Array)[0]);
+    droppedRaw.dispose();
+    if (!returnRouting) {
+      ids.dispose();
+      weights.dispose();
+      load.dispose();
+      return output;
+    }
+    const stats = routingStats(load.toArraySync() as Int32Array, dropped);
+    return { output, routing: { ids, weights, load, dropped, stats } };
+  }
+}
+
+// NOTE: MoELayer.forward has no CUDA path yet, so 'auto' resolves to the CPU for
+// layers even where a GPU is usable; asking for CUDA explicitly is refused clearly.
+function pickLayerDevice(spec: unknown, name: string): Device {
+  const envSpec = spec === undefined ? process.env.MOEKIT_DEVICE : undefined;
+  const effective = spec ?? (envSpec === '' ? undefined : envSpec);
+  if (effective === undefined || effective === 'auto') return resolveDevice('cpu');
+  const d = resolveDevice(effective, spec === undefined ? 'the MOEKIT_DEVICE environment variable' : name);
+  if (d.kind === 'cuda')
+    throw new MoekitError(`${name} asks for ${d.name}, but MoELayer has no CUDA path in this version; use 'cpu' or 'auto'`, 'ERR_UNSUPPORTED');
+  return d;
+}
+
+function weightList(w: MoELayerWeights): Tensor[] {
+  const list: (Tensor | undefined)[] = [w.router, w.routerBias, w.correctionBias, w.gateUp, w.gate, w.up, w.gateUpBias, w.upBias, w.down, w.downBias];
+  if (w.shared) list.push(w.shared.gateUp, w.shared.gate, w.shared.up, w.shared.down, w.shared.outputGate);
+  return list.filter((t): t is Tensor => t !== undefined);
+}
+
+function checkWeights(c: MoELayer['config'], r: ResolvedRouting, weights: MoELayerWeights): MoELayerWeights {
+  const w = checkOptions<MoELayerWeights>('weights', weights) as MoELayerWeights;
+  const { hidden: H, intermediate: I, experts: E } = c;
+  const cols = E + r.nullExperts;
+  const glu = c.activation === 'swiglu' || c.activation === 'swiglu-interleaved' || c.activation === 'gpt-oss-swiglu' || c.activation === 'geglu';
+  const expect = (name: string, t: unknown, shape: number[], dtypes: readonly DType[] = FLOAT_DTYPES): Tensor => {
+    const tensor = checkTensor(name, t);
+    if (tensor.shape.join() !== shape.join() || !dtypes.includes(tensor.dtype))
+      throw rangeError(name, `a ${dtypes.join('/')} tensor of shape [${shape.join(', ')}]`, describeTensor(tensor));
+    if (tensor.device.kind !== 'cpu') throw new MoekitError(`${name} is on ${tensor.device.name}; MoELayer weights are host tensors in this version`, 'ERR_UNSUPPORTED');
+    return tensor;
+  };
+  const inShape = (n: number) => (c.layoutIn === 'enk' ? [E, n, H] : [E, H, n]);
+  expect('weights.router', w.router, [cols, H]);
+  if (w.routerBias !== undefined) expect('weights.routerBias', w.routerBias, [cols], [w.router.dtype]);
+  if (w.correctionBias !== undefined) expect('weights.correctionBias', w.correctionBias, [E], ['f32']);
+  let wIn: Tensor;
+  if (w.gateUp !== undefined) {
+    if (w.gate !== undefined || w.up !== undefined) throw rangeError('weights', 'either gateUp or gate + up, not both', 'both');
+    wIn = expect('weights.gateUp', w.gateUp, inShape(glu ? 2 * I : I));
+    if (w.gateUpBias !== undefined) expect('weights.gateUpBias', w.gateUpBias, [E, glu ? 2 * I : I], [wIn.dtype]);
+    if (w.upBias !== undefined) throw rangeError('weights.upBias', 'no upBias with a fused gateUp (use gateUpBias)', 'a Tensor');
+  } else {
+    if (c.activation !== 'swiglu' && c.activation !== 'geglu')
+      throw rangeError('weights.gateUp', `a fused projection for activation '${c.activation}' (separate gate + up need 'swiglu' or 'geglu')`, w.gateUp);
+    wIn = expect('weights.gate', w.gate, inShape(I));
+    expect('weights.up', w.up, inShape(I), [wIn.dtype]);
+    if (w.gateUpBias !== undefined) expect('weights.gateUpBias', w.gateUpBias, [E, I], [wIn.dtype]);
+    if (w.upBias !== undefined) expect('weights.upBias', w.upBias, [E, I], [wIn.dtype]);
+  }
+  const down = expect('weights.down', w.down, c.layoutOut === 'enk' ? [E, H, I] : [E, I, H]);
+  if (w.downBias !== undefined) expect('weights.downBias', w.downBias, [E, H], [down.dtype]);
+  if (w.shared !== undefined) {
+    const s = checkOptions<NonNullable<MoELayerWeights['shared']>>('weights.shared', w.shared);
+    const Is = c.sharedIntermediate;
+    if (Is === 0) throw rangeError('config.sharedIntermediate', 'a positive integer when weights.shared is given', 0);
+    let sIn: Tensor;
+    if (s.gateUp !== undefined) sIn = expect('weights.shared.gateUp', s.gateUp, [2 * Is, H]);
+    else {
+      sIn = expect('weights.shared.gate', s.gate, [Is, H]);
+      expect('weights.shared.up', s.up, [Is, H], [sIn.dtype]);
+    }
+    expect('weights.shared.down', s.down, [H, Is]);
+    if (s.outputGate !== undefined) expect('weights.shared.outputGate', s.outputGate, [1, H]);
+  } else if (c.sharedIntermediate > 0) {
+    throw rangeError('weights.shared', `shared-expert weights for config.sharedIntermediate = ${c.sharedIntermediate}`, undefined);
+  }
+  return { ...w };
+}

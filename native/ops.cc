@@ -1,0 +1,320 @@
+// Op bindings: each unpacks a params object that lib/ops.ts or lib/layer.ts has
+// validated into a kernels params struct, runs the kernel off the JS thread and
+// wraps the results as tensors. No arithmetic here.
+#include "native/ops.h"
+
+#include <memory>
+#include <optional>
+
+#include "kernels/common/dispatch_params.h"
+#include "kernels/common/tensor.h"
+#include "kernels/cpu/combine.h"
+#include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/gating.h"
+#include "kernels/cpu/grouped_gemm.h"
+#include "kernels/cpu/moe_layer.h"
+#include "native/async.h"
+#include "native/errors.h"
+#include "native/tensor.h"
+
+namespace moekit::native {
+
+namespace {
+
+// Reading fields of the params object.
+std::optional<Tensor> opt_tensor(Napi::Env env, const Napi::Object& o, const char* name) {
+  Napi::Value v = o.Get(name);
+  if (v.IsUndefined() || v.IsNull()) return std::nullopt;
+  return NativeTensor::unwrap(env, v, name);
+}
+Tensor req_tensor(Napi::Env env, const Napi::Object& o, const char* name) {
+  std::optional<Tensor> t = opt_tensor(env, o, name);
+  if (!t) throw Napi::TypeError::New(env, std::string("Expected a Tensor for ") + name);
+  return *t;
+}
+int64_t get_i64(const Napi::Object& o, const char* name, int64_t def) {
+  Napi::Value v = o.Get(name);
+  return v.IsNumber() ? v.As<Napi::Number>().Int64Value() : def;
+}
+float get_f32(const Napi::Object& o, const char* name, float def) {
+  Napi::Value v = o.Get(name);
+  return v.IsNumber() ? v.As<Napi::Number>().FloatValue() : def;
+}
+bool get_bool(const Napi::Object& o, const char* name, bool def) {
+  Napi::Value v = o.Get(name);
+  return v.IsBoolean() ? v.As<Napi::Boolean>().Value() : def;
+}
+
+// The CPU backend runs these ops; CUDA tensors are refused until the CUDA kernels land.
+void require_host(const Tensor& t, const char* name) {
+  if (!t.device().is_cpu())
+    fail(code::kUnsupported, name, " is on ", t.device().name(),
+         ": this op runs on the CPU backend in this version; move the tensor with .to('cpu')");
+}
+const void* data_or_null(const std::optional<Tensor>& t) { return t ? t->data() : nullptr; }
+
+GatingParams gating_options(const Napi::Object& o) {
+  GatingParams g;
+  g.experts = get_i64(o, "experts", 0);
+  g.null_experts = get_i64(o, "nullExperts", 0);
+  g.k = get_i64(o, "k", 1);
+  g.scoring = static_cast<Scoring>(get_i64(o, "scoring", 0));
+  g.selection = static_cast<Selection>(get_i64(o, "selection", 0));
+  g.n_group = static_cast<int32_t>(get_i64(o, "nGroup", 1));
+  g.topk_group = static_cast<int32_t>(get_i64(o, "topkGroup", 1));
+  g.renormalize = get_bool(o, "renormalize", false);
+  g.routed_scaling = get_f32(o, "routedScaling", 1.0f);
+  g.top_p = get_f32(o, "topP", 1.0f);
+  g.capacity_factor = get_f32(o, "capacityFactor", 1.0f);
+  g.choice_k = get_i64(o, "choiceK", 1);
+  g.sinkhorn_iters = static_cast<int32_t>(get_i64(o, "sinkhornIters", 0));
+  return g;
+}
+
+WeightRef weight_ref(const std::optional<Tensor>& t, WeightLayout layout = WeightLayout::kENK) {
+  WeightRef w;
+  if (t) {
+    w.data = t->data();
+    w.dtype = t->dtype;
+    w.layout = layout;
+  }
+  return w;
+}
+
+// gating({logits, logitBias?, correctionBias?, ...options}) -> Promise<[ids, weights, load]>
+Napi::Value gating_op(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    Napi::Object o = info[0].As<Napi::Object>();
+    const Tensor logits = req_tensor(env, o, "logits");
+    const std::optional<Tensor> logit_bias = opt_tensor(env, o, "logitBias");
+    const std::optional<Tensor> correction_bias = opt_tensor(env, o, "correctionBias");
+    require_host(logits, "logits");
+    GatingParams g = gating_options(o);
+    g.tokens = logits.shape.at(0);
+    auto out = std::make_shared<std::array<Tensor, 3>>();
+    return Job::start(
+        env, "moekit.gating",
+        [g, logits, logit_bias, correction_bias, out]() mutable {
+          (*out)[0] = Tensor::empty(DType::kI32, {g.tokens, g.k}, Device{});
+          (*out)[1] = Tensor::empty(DType::kF32, {g.tokens, g.k}, Device{});
+          (*out)[2] = Tensor::empty(DType::kI32, {g.experts}, Device{});
+          g.logits = logits.data();
+          g.logits_dtype = logits.dtype;
+          g.logit_bias = logit_bias ? logit_bias->as<float>() : nullptr;
+          g.correction_bias = correction_bias ? correction_bias->as<float>() : nullptr;
+          g.ids = (*out)[0].as<int32_t>();
+          g.weights = (*out)[1].as<float>();
+          g.load = (*out)[2].as<int32_t>();
+          cpu::gating(g);
+        },
+        [out](Napi::Env e) -> Napi::Value {
+          Napi::Array a = Napi::Array::New(e, 3);
+          for (uint32_t i = 0; i < 3; ++i) a.Set(i, NativeTensor::wrap(e, std::move((*out)[i])));
+          return a;
+        });
+  });
+}
+
+// dispatch({ids, experts, blockSize, capacity}) -> Promise<[counts, offsets, sortedPairs, pairToRow, dropped]>
+Napi::Value dispatch_op(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    Napi::Object o = info[0].As<Napi::Object>();
+    const Tensor ids = req_tensor(env, o, "ids");
+    require_host(ids, "ids");
+    DispatchParams d;
+    d.tokens = ids.shape.at(0);
+    d.k = ids.shape.at(1);
+    d.experts = get_i64(o, "experts", 0);
+    d.block_size = get_i64(o, "blockSize", 1);
+    d.capacity = get_i64(o, "capacity", -1);
+    auto out = std::make_shared<std::array<Tensor, 5>>();
+    return Job::start(
+        env, "moekit.dispatch",
+        [d, ids, out]() mutable {
+          const int64_t max_rows = dispatch_max_rows(d.tokens, d.k, d.experts, d.block_size);
+          (*out)[0] = Tensor::empty(DType::kI32, {d.experts}, Device{});
+          (*out)[1] = Tensor::empty(DType::kI32, {d.experts + 1}, Device{});
+          (*out)[2] = Tensor::empty(DType::kI32, {max_rows}, Device{});
+          (*out)[3] = Tensor::empty(DType::kI32, {d.tokens, d.k}, Device{});
+          (*out)[4] = Tensor::empty(DType::kI64, {1}, Device{});
+          d.ids = ids.as<int32_t>();
+          d.counts = (*out)[0].as<int32_t>();
+          d.offsets = (*out)[1].as<int32_t>();
+          d.sorted_pairs = (*out)[2].as<int32_t>();
+          d.pair_to_row = (*out)[3].as<int32_t>();
+          d.dropped = (*out)[4].as<int64_t>();
+          cpu::dispatch(d);
+          // Trim the row list to the rows actually used.
+          (*out)[2].shape = {static_cast<int64_t>(d.offsets[d.experts])};
+        },
+        [out](Napi::Env e) -> Napi::Value {
+          Napi::Array a = Napi::Array::New(e, 5);
+          for (uint32_t i = 0; i < 5; ++i) a.Set(i, NativeTensor::wrap(e, std::move((*out)[i])));
+          return a;
+        });
+  });
+}
+
+// groupedGemm({x, offsets, w, wUp?, bias?, biasUp?, rowScale?, layout, n, k, activation, alpha, limit, nOut})
+Napi::Value grouped_gemm_op(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    Napi::Object o = info[0].As<Napi::Object>();
+    const Tensor x = req_tensor(env, o, "x");
+    const Tensor offsets = req_tensor(env, o, "offsets");
+    const Tensor w = req_tensor(env, o, "w");
+    const std::optional<Tensor> w_up = opt_tensor(env, o, "wUp"), bias = opt_tensor(env, o, "bias"),
+                                bias_up = opt_tensor(env, o, "biasUp"), row_scale = opt_tensor(env, o, "rowScale");
+    for (const Tensor* t : {&x, &offsets, &w}) require_host(*t, "grouped GEMM operands");
+    GroupedGemmParams g;
+    g.rows = x.shape.at(0);
+    g.experts = offsets.shape.at(0) - 1;
+    g.n = get_i64(o, "n", 0);
+    g.k = get_i64(o, "k", 0);
+    g.layout = static_cast<WeightLayout>(get_i64(o, "layout", 0));
+    g.activation = static_cast<Activation>(get_i64(o, "activation", 0));
+    g.alpha = get_f32(o, "alpha", 1.702f);
+    g.limit = get_f32(o, "limit", 7.0f);
+    const int64_t n_out = get_i64(o, "nOut", g.n);
+    auto y = std::make_shared<Tensor>();
+    return Job::start(
+        env, "moekit.groupedGemm",
+        [g, x, offsets, w, w_up, bias, bias_up, row_scale, n_out, y]() mutable {
+          *y = Tensor::empty(DType::kF32, {g.rows, n_out}, Device{});
+          g.x = x.as<float>();
+          g.offsets = offsets.as<int32_t>();
+          g.w = w.data();
+          g.w_dtype = w.dtype;
+          g.w_up = data_or_null(w_up);
+          g.bias = data_or_null(bias);
+          g.bias_up = data_or_null(bias_up);
+          g.row_scale = row_scale ? row_scale->as<float>() : nullptr;
+          g.y = y->as<float>();
+          cpu::grouped_gemm(g);
+        },
+        [y](Napi::Env e) -> Napi::Value { return NativeTensor::wrap(e, std::move(*y)); });
+  });
+}
+
+// combine({y, pairToRow, weights?, shared?}) -> Promise<out [tokens, hidden]>
+Napi::Value combine_op(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    Napi::Object o = info[0].As<Napi::Object>();
+    const Tensor y = req_tensor(env, o, "y");
+    const Tensor pair_to_row = req_tensor(env, o, "pairToRow");
+    const std::optional<Tensor> weights = opt_tensor(env, o, "weights"), shared = opt_tensor(env, o, "shared");
+    require_host(y, "y");
+    CombineParams c;
+    c.rows = y.shape.at(0);
+    c.hidden = y.shape.at(1);
+    c.tokens = pair_to_row.shape.at(0);
+    c.k = pair_to_row.shape.at(1);
+    auto out = std::make_shared<Tensor>();
+    return Job::start(
+        env, "moekit.combine",
+        [c, y, pair_to_row, weights, shared, out]() mutable {
+          *out = Tensor::empty(DType::kF32, {c.tokens, c.hidden}, Device{});
+          c.y = y.as<float>();
+          c.pair_to_row = pair_to_row.as<int32_t>();
+          c.weights = weights ? weights->as<float>() : nullptr;
+          c.shared = shared ? shared->as<float>() : nullptr;
+          c.out = out->as<float>();
+          cpu::combine(c);
+        },
+        [out](Napi::Env e) -> Napi::Value { return NativeTensor::wrap(e, std::move(*out)); });
+  });
+}
+
+// moeLayerForward({x, routerW, routerB?, wIn, wInUp?, bIn?, bInUp?, wOut, bOut?, layoutIn, layoutOut,
+//   sharedWIn?, sharedWInUp?, sharedWOut?, sharedGate?, sharedIntermediate, forcedIds?, forcedWeights?,
+//   experts, intermediate, activation, alpha, limit, blockSize, capacity, outDtype, ...gating options})
+//   -> Promise<[y, ids, weights, load, dropped]>
+Napi::Value moe_layer_forward_op(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    Napi::Object o = info[0].As<Napi::Object>();
+    const Tensor x = req_tensor(env, o, "x");
+    require_host(x, "x");
+    std::vector<std::optional<Tensor>> held;  // keeps every storage alive for the job
+    auto take = [&](const char* name) -> size_t {
+      held.push_back(opt_tensor(env, o, name));
+      if (held.back()) require_host(*held.back(), name);
+      return held.size() - 1;
+    };
+    const size_t router_w = take("routerW"), router_b = take("routerB"), w_in = take("wIn"), w_in_up = take("wInUp"),
+                 b_in = take("bIn"), b_in_up = take("bInUp"), w_out = take("wOut"), b_out = take("bOut"),
+                 s_in = take("sharedWIn"), s_in_up = take("sharedWInUp"), s_out = take("sharedWOut"),
+                 s_gate = take("sharedGate"), f_ids = take("forcedIds"), f_w = take("forcedWeights"),
+                 corr = take("correctionBias");
+    MoELayerParams p;
+    p.tokens = x.shape.at(0);
+    p.hidden = x.shape.at(1);
+    p.x_dtype = x.dtype;
+    p.gating = gating_options(o);
+    p.experts = get_i64(o, "experts", 0);
+    p.intermediate = get_i64(o, "intermediate", 0);
+    p.activation = static_cast<Activation>(get_i64(o, "activation", 1));
+    p.alpha = get_f32(o, "alpha", 1.702f);
+    p.limit = get_f32(o, "limit", 7.0f);
+    p.shared_intermediate = get_i64(o, "sharedIntermediate", 0);
+    p.block_size = get_i64(o, "blockSize", 1);
+    p.capacity = get_i64(o, "capacity", -1);
+    p.y_dtype = static_cast<DType>(get_i64(o, "outDtype", 0));
+    const WeightLayout layout_in = static_cast<WeightLayout>(get_i64(o, "layoutIn", 0));
+    const WeightLayout layout_out = static_cast<WeightLayout>(get_i64(o, "layoutOut", 0));
+    auto out = std::make_shared<std::array<Tensor, 5>>();
+    return Job::start(
+        env, "moekit.moeLayerForward",
+        [p, x, held, out, router_w, router_b, w_in, w_in_up, b_in, b_in_up, w_out, b_out, s_in, s_in_up, s_out,
+         s_gate, f_ids, f_w, corr, layout_in, layout_out]() mutable {
+          const int64_t T = p.tokens, K = p.gating.k;
+          (*out)[0] = Tensor::empty(p.y_dtype, {T, p.hidden}, Device{});
+          (*out)[1] = Tensor::empty(DType::kI32, {T, K}, Device{});
+          (*out)[2] = Tensor::empty(DType::kF32, {T, K}, Device{});
+          (*out)[3] = Tensor::empty(DType::kI32, {p.experts}, Device{});
+          (*out)[4] = Tensor::empty(DType::kI64, {1}, Device{});
+          p.x = x.data();
+          p.router_w = weight_ref(held[router_w]);
+          p.router_b = weight_ref(held[router_b]);
+          p.w_in = weight_ref(held[w_in], layout_in);
+          p.w_in_up = weight_ref(held[w_in_up], layout_in);
+          p.b_in = weight_ref(held[b_in]);
+          p.b_in_up = weight_ref(held[b_in_up]);
+          p.w_out = weight_ref(held[w_out], layout_out);
+          p.b_out = weight_ref(held[b_out]);
+          p.shared_w_in = weight_ref(held[s_in]);
+          p.shared_w_in_up = weight_ref(held[s_in_up]);
+          p.shared_w_out = weight_ref(held[s_out]);
+          p.shared_gate = weight_ref(held[s_gate]);
+          p.forced_ids = held[f_ids] ? held[f_ids]->as<int32_t>() : nullptr;
+          p.forced_weights = held[f_w] ? held[f_w]->as<float>() : nullptr;
+          p.gating.correction_bias = held[corr] ? held[corr]->as<float>() : nullptr;
+          p.y = (*out)[0].data();
+          p.ids = (*out)[1].as<int32_t>();
+          p.weights = (*out)[2].as<float>();
+          p.load = (*out)[3].as<int32_t>();
+          p.dropped = (*out)[4].as<int64_t>();
+          cpu::moe_layer_forward(p);
+        },
+        [out](Napi::Env e) -> Napi::Value {
+          Napi::Array a = Napi::Array::New(e, 5);
+          for (uint32_t i = 0; i < 5; ++i) a.Set(i, NativeTensor::wrap(e, std::move((*out)[i])));
+          return a;
+        });
+  });
+}
+
+}  // namespace
+
+void register_ops(Napi::Env env, Napi::Object exports) {
+  exports.Set("gating", Napi::Function::New(env, gating_op, "gating"));
+  exports.Set("dispatch", Napi::Function::New(env, dispatch_op, "dispatch"));
+  exports.Set("groupedGemm", Napi::Function::New(env, grouped_gemm_op, "groupedGemm"));
+  exports.Set("combine", Napi::Function::New(env, combine_op, "combine"));
+  exports.Set("moeLayerForward", Napi::Function::New(env, moe_layer_forward_op, "moeLayerForward"));
+}
+
+}  // namespace moekit::native
