@@ -8,7 +8,7 @@ import { MoekitError, checkBoolean, checkInteger, checkNumber, checkOneOf, check
 import { RawTensor, native } from './native';
 import { ACTIVATIONS, Activation, WeightLayout } from './ops';
 import { Family, PresetOptions, preset } from './presets';
-import { ResolvedRouting, RoutingOptions, RoutingStats, encodeRouting, resolveRouting, routingStats } from './routing';
+import { ResolvedRouting, RoutingOptions, RoutingStats, correctionBiasFor, encodeRouting, resolveRouting, routingStats } from './routing';
 import { Tensor, checkTensor, describeTensor } from './tensor';
 
 /** Shape and math of a layer. */
@@ -112,6 +112,8 @@ export class MoELayer {
   readonly device: Device;
   private weights: MoELayerWeights | undefined;
   private readonly ownsWeights: boolean;
+  /** Tensors the layer made itself (a zero correction bias), always disposed with it. */
+  private readonly ownedExtras: Tensor[] = [];
 
   /**
    * @param config shape and math (see {@link MoELayer.fromPreset} for a family's math)
@@ -146,6 +148,11 @@ export class MoELayer {
     this.device = pickLayerDevice(o.device, 'options.device');
     this.ownsWeights = o.ownsWeights === undefined ? false : checkBoolean('options.ownsWeights', o.ownsWeights);
     this.weights = checkWeights(this.config, routing, weights);
+    const bias = correctionBiasFor('config.routing', routing, this.weights.correctionBias, (n) => Tensor.zeros([n]));
+    if (bias !== this.weights.correctionBias) {
+      this.weights.correctionBias = bias;
+      this.ownedExtras.push(bias as Tensor);
+    }
   }
 
   /** A layer with a family's routing math (see presets.ts). */
@@ -186,6 +193,7 @@ export class MoELayer {
     if (this.weights !== undefined && this.ownsWeights) {
       for (const t of weightList(this.weights)) t.dispose();
     }
+    for (const t of this.ownedExtras) t.dispose();
     this.weights = undefined;
   }
 

@@ -6,7 +6,7 @@
 import { MoekitError, checkInteger, checkNumber, checkOneOf, checkOptions, rangeError } from './errors';
 import { FLOAT_DTYPES } from './dtype';
 import { RawTensor, native } from './native';
-import { ResolvedRouting, RoutingOptions, encodeRouting, resolveRouting } from './routing';
+import { ResolvedRouting, RoutingOptions, correctionBiasFor, encodeRouting, resolveRouting } from './routing';
 import { Tensor, checkTensor, describeTensor } from './tensor';
 
 /** Result of gating. */
@@ -69,10 +69,11 @@ export async function gate(logits: Tensor, options: GateOptions): Promise<Routin
     throw rangeError('logits', `${r.experts + r.nullExperts} columns (experts + nullExperts)`, describeTensor(logits));
   if (o.logitBias !== undefined) checkVector('options.logitBias', checkTensor('options.logitBias', o.logitBias), cols);
   if (o.correctionBias !== undefined) checkVector('options.correctionBias', checkTensor('options.correctionBias', o.correctionBias), experts);
+  const correctionBias = correctionBiasFor('options', r, o.correctionBias, (n) => Tensor.zeros([n]));
   const [ids, weights, load] = await op<[object], RawTensor[]>('gating')({
     logits: logits.raw,
     logitBias: o.logitBias?.raw,
-    correctionBias: o.correctionBias?.raw,
+    correctionBias: correctionBias?.raw,
     ...encodeRouting(r),
   });
   return { ids: new Tensor(ids), weights: new Tensor(weights), load: new Tensor(load) };

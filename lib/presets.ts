@@ -60,7 +60,10 @@ export function preset(family: Family, options: PresetOptions): Preset {
       // Same math; Qwen3 checkpoints set norm_topk_prob true.
       return { family, ...hf, routing: { k, scoring: 'softmax', selection: 'topk', renormalize: norm(true) } };
     case 'deepseek_v2': {
-      // softmax; greedy top-k or group-limited greedy (group score = max); optional norm; scaling.
+      // softmax; greedy top-k or group-limited greedy (group score = max); scaling.
+      // NOTE: HF transformers' DeepseekV2 never applies norm_topk_prob (its config keeps it
+      // for compatibility only); we follow transformers. Pass normTopkProb to renormalise as
+      // DeepSeek's original remote code did.
       const method = o.topkMethod === undefined ? 'greedy' : checkOneOf('options.topkMethod', o.topkMethod, ['greedy', 'group_limited_greedy'] as const);
       const grouped = method === 'group_limited_greedy';
       return {
@@ -72,13 +75,15 @@ export function preset(family: Family, options: PresetOptions): Preset {
           selection: 'topk',
           renormalize: norm(false),
           routedScaling: scaling,
-          ...(grouped ? { nGroup: checkInteger('options.nGroup', o.nGroup, 1), topkGroup: checkInteger('options.topkGroup', o.topkGroup, 1) } : {}),
+          ...(grouped ? { nGroup: checkInteger('options.nGroup', o.nGroup, 1), topkGroup: checkInteger('options.topkGroup', o.topkGroup, 1), groupScore: 'max' as const } : {}),
         },
       };
     }
     case 'deepseek_v3':
       // sigmoid; e_score_correction_bias for selection; groups scored by the sum of their
-      // top-2 biased scores; renormalise (+1e-20); routed_scaling_factor.
+      // top-2 biased scores (zeros when the checkpoint has no bias); renormalise (+1e-20);
+      // routed_scaling_factor. NOTE: dropped groups are masked with -inf; transformers masks
+      // them with 0.0, which differs only when a kept expert's biased score is negative.
       return {
         family,
         ...hf,
@@ -90,6 +95,7 @@ export function preset(family: Family, options: PresetOptions): Preset {
           routedScaling: scaling,
           nGroup: o.nGroup === undefined ? 1 : checkInteger('options.nGroup', o.nGroup, 1),
           topkGroup: o.topkGroup === undefined ? (o.nGroup ?? 1) : checkInteger('options.topkGroup', o.topkGroup, 1),
+          groupScore: 'top2-sum',
         },
       };
     case 'gpt_oss':

@@ -26,6 +26,12 @@ export interface RoutingOptions {
   nGroup?: number;
   /** Grouped top-k: groups kept per token. */
   topkGroup?: number;
+  /**
+   * Grouped top-k: how a group is scored. 'top2-sum' (the sum of its two best biased
+   * scores, DeepSeek-V3) or 'max' (its best score, DeepSeek-V2). Default: 'top2-sum'
+   * when a correction bias is given, else 'max'.
+   */
+  groupScore?: 'max' | 'top2-sum';
   /** Renormalise each token's weights to sum 1 (denominator + 1e-20). Default false. */
   renormalize?: boolean;
   /** Multiply the weights by this factor (after renormalisation). Default 1. */
@@ -49,6 +55,7 @@ export interface ResolvedRouting {
   nullExperts: number;
   nGroup: number;
   topkGroup: number;
+  groupScore: 'max' | 'top2-sum' | undefined;
   renormalize: boolean;
   routedScaling: number;
   topP: number;
@@ -88,6 +95,7 @@ export function resolveRouting(prefix: string, experts: number, o: Partial<Routi
     nullExperts,
     nGroup,
     topkGroup,
+    groupScore: o.groupScore === undefined ? undefined : checkOneOf(`${prefix}.groupScore`, o.groupScore, ['max', 'top2-sum'] as const),
     renormalize: o.renormalize === undefined ? false : checkBoolean(`${prefix}.renormalize`, o.renormalize),
     routedScaling: o.routedScaling === undefined ? 1 : checkNumber(`${prefix}.routedScaling`, o.routedScaling),
     topP,
@@ -96,6 +104,18 @@ export function resolveRouting(prefix: string, experts: number, o: Partial<Routi
     sinkhornIters: o.sinkhornIters === undefined ? 3 : checkInteger(`${prefix}.sinkhornIters`, o.sinkhornIters, 0, 1000),
     slots: k,
   };
+}
+
+/**
+ * The correction bias to pass to the kernel: the kernel scores groups by the top-2 sum
+ * exactly when it gets a bias, so 'top2-sum' without one gets zeros, and 'max' refuses one.
+ * `zeros(E)` makes the zero tensor when needed.
+ */
+export function correctionBiasFor<T>(prefix: string, r: ResolvedRouting, given: T | undefined, zeros: (n: number) => T): T | undefined {
+  if (r.groupScore === 'max' && given !== undefined && r.nGroup > 1)
+    throw rangeError(`${prefix}.groupScore`, "'top2-sum' (or no groupScore) with a correction bias", 'max');
+  if (r.groupScore === 'top2-sum' && given === undefined && r.nGroup > 1) return zeros(r.experts);
+  return given;
 }
 
 /** The fields the native gating reads (codes per kernels/common/gating_params.h). */

@@ -36,24 +36,71 @@ function canUnshareNetwork(): boolean {
   return spawnSync('unshare', ['-n', 'true']).status === 0;
 }
 
-test('npm pack → offline install without a compiler → load the prebuilt binary → forward', () => {
-  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'moekit-pack-'));
-  try {
-    const repo = path.join(scratch, 'repo');
+const FORWARD_SCRIPT = `
+  const moekit = require('moekit');
+  const ngb = require('node-gyp-build');
+  const T = 5, H = 16, I = 8, E = 4;
+  const rnd = (n) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
+  const layer = moekit.MoELayer.fromPreset('mixtral', { k: 2 }, { hidden: H, intermediate: I, experts: E }, {
+    router: moekit.Tensor.from(rnd(E * H), [E, H]),
+    gate: moekit.Tensor.from(rnd(E * I * H), [E, I, H], 'bf16'),
+    up: moekit.Tensor.from(rnd(E * I * H), [E, I, H], 'bf16'),
+    down: moekit.Tensor.from(rnd(E * H * I), [E, H, I], 'bf16'),
+  });
+  layer.forward(moekit.Tensor.from(rnd(T * H), [T, H]), { returnRouting: true }).then(({ output, routing }) => {
+    const y = output.toFloat32Sync();
+    console.log(JSON.stringify({
+      binary: ngb.resolve(require('path').dirname(require.resolve('moekit/package.json'))),
+      shape: output.shape, finite: y.every(Number.isFinite), nonzero: y.some((v) => v !== 0),
+      load: Array.from(routing.load.toArraySync()), cuda: moekit.runtime().compiledWithCuda,
+    }));
+  });
+`;
+
+function runForward(consumer: string, env: NodeJS.ProcessEnv) {
+  const run = spawnSync(process.execPath, ['-e', FORWARD_SCRIPT], { cwd: consumer, env, encoding: 'utf8' });
+  if (run.status !== 0) throw new Error(`running the installed package failed:\n${run.stdout}\n${run.stderr}`);
+  const result = JSON.parse(run.stdout.trim());
+  expect(result.shape).toEqual([5, 16]);
+  expect(result.finite).toBe(true);
+  expect(result.nonzero).toBe(true);
+  expect(result.load.reduce((a: number, b: number) => a + b, 0)).toBe(10);
+  return result as { binary: string; cuda: boolean };
+}
+
+function makeConsumer(scratch: string, name: string): string {
+  const consumer = path.join(scratch, name);
+  fs.mkdirSync(consumer);
+  fs.writeFileSync(path.join(consumer, 'package.json'), JSON.stringify({ name, version: '1.0.0', private: true }));
+  return consumer;
+}
+
+describe('the packed package', () => {
+  let scratch = '';
+  let repo = '';
+  let tarball = '';
+  const env = { ...process.env, npm_config_nodedir: process.env.npm_config_nodedir ?? '/usr' };
+
+  beforeAll(() => {
+    scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'moekit-pack-'));
+    repo = path.join(scratch, 'repo');
     copyTree(root, repo);
     fs.symlinkSync(path.join(root, 'node_modules'), path.join(repo, 'node_modules'));
-    const env = { ...process.env, npm_config_nodedir: process.env.npm_config_nodedir ?? '/usr' };
     execFileSync('npm', ['run', 'prebuild'], { cwd: repo, env, stdio: 'pipe' });
     const prebuilds = fs.readdirSync(path.join(repo, 'prebuilds', 'linux-x64'));
     expect(prebuilds.some((f) => f.endsWith('.node'))).toBe(true);
     // npm pack runs "prepare" (tsc → dist/).
     const packOut = execFileSync('npm', ['pack', '--silent', '--pack-destination', scratch], { cwd: repo, env, encoding: 'utf8' });
-    const tarball = path.join(scratch, packOut.trim().split('\n').pop() as string);
-    expect(fs.existsSync(tarball)).toBe(true);
+    tarball = path.join(scratch, packOut.trim().split('\n').pop() as string);
+  }, 900_000);
 
-    const consumer = path.join(scratch, 'consumer');
-    fs.mkdirSync(consumer);
-    fs.writeFileSync(path.join(consumer, 'package.json'), JSON.stringify({ name: 'consumer', version: '1.0.0', private: true }));
+  afterAll(() => {
+    if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
+  });
+
+  test('installs offline with no compiler on PATH, loads the prebuilt binary and runs a forward', () => {
+    expect(fs.existsSync(tarball)).toBe(true);
+    const consumer = makeConsumer(scratch, 'consumer');
     const bin = compilerFreePath(scratch);
     const cleanEnv: NodeJS.ProcessEnv = { HOME: process.env.HOME, PATH: bin, npm_config_cache: process.env.npm_config_cache };
     for (const tool of ['cc', 'c++', 'gcc', 'g++', 'nvcc', 'cmake', 'make']) expect(spawnSync('sh', ['-c', `command -v ${tool}`], { env: cleanEnv }).status).not.toBe(0);
@@ -61,41 +108,27 @@ test('npm pack → offline install without a compiler → load the prebuilt bina
     const cmd = canUnshareNetwork() ? ['unshare', '-n', path.join(bin, 'npm'), ...installArgs] : [path.join(bin, 'npm'), ...installArgs];
     const inst = spawnSync(cmd[0], cmd.slice(1), { cwd: consumer, env: cleanEnv, encoding: 'utf8' });
     if (inst.status !== 0) throw new Error(`offline install failed:\n${inst.stdout}\n${inst.stderr}`);
-    const installed = path.join(consumer, 'node_modules', 'moekit');
-    expect(fs.existsSync(path.join(installed, 'build'))).toBe(false);
-
-    const script = `
-      const moekit = require('moekit');
-      const ngb = require('node-gyp-build');
-      const T = 5, H = 16, I = 8, E = 4;
-      const rnd = (n) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
-      const layer = moekit.MoELayer.fromPreset('mixtral', { k: 2 }, { hidden: H, intermediate: I, experts: E }, {
-        router: moekit.Tensor.from(rnd(E * H), [E, H]),
-        gate: moekit.Tensor.from(rnd(E * I * H), [E, I, H], 'bf16'),
-        up: moekit.Tensor.from(rnd(E * I * H), [E, I, H], 'bf16'),
-        down: moekit.Tensor.from(rnd(E * H * I), [E, H, I], 'bf16'),
-      });
-      layer.forward(moekit.Tensor.from(rnd(T * H), [T, H]), { returnRouting: true }).then(({ output, routing }) => {
-        const y = output.toFloat32Sync();
-        console.log(JSON.stringify({
-          binary: ngb.resolve(require('path').dirname(require.resolve('moekit/package.json'))),
-          shape: output.shape, finite: y.every(Number.isFinite), nonzero: y.some((v) => v !== 0),
-          load: Array.from(routing.load.toArraySync()), cuda: moekit.runtime().compiledWithCuda,
-        }));
-      });
-    `;
-    const run = spawnSync(process.execPath, ['-e', script], { cwd: consumer, env: cleanEnv, encoding: 'utf8' });
-    if (run.status !== 0) throw new Error(`running the installed package failed:\n${run.stdout}\n${run.stderr}`);
-    const result = JSON.parse(run.stdout.trim());
+    expect(fs.existsSync(path.join(consumer, 'node_modules', 'moekit', 'build'))).toBe(false);
+    const result = runForward(consumer, cleanEnv);
     expect(result.binary).toMatch(/node_modules\/moekit\/prebuilds\/linux-x64\/.*\.node$/);
-    expect(result.shape).toEqual([5, 16]);
-    expect(result.finite).toBe(true);
-    expect(result.nonzero).toBe(true);
-    expect(result.load.reduce((a: number, b: number) => a + b, 0)).toBe(10);
     // The prebuild was made by cmake-js with nvcc present, so it carries the CUDA backend.
     const hasNvcc = spawnSync('sh', ['-c', 'command -v nvcc || test -x /usr/local/cuda/bin/nvcc']).status === 0;
     if (hasNvcc) expect(result.cuda).toBe(true);
-  } finally {
-    fs.rmSync(scratch, { recursive: true, force: true });
-  }
-}, 900_000);
+  }, 300_000);
+
+  test('without a fitting prebuild, installing compiles the CPU backend from binding.gyp (node-gyp)', () => {
+    // Same package minus prebuilds/: node-gyp-build falls back to a source build.
+    const unpacked = path.join(scratch, 'noprebuild');
+    fs.mkdirSync(unpacked);
+    execFileSync('tar', ['-xzf', tarball, '-C', unpacked]);
+    fs.rmSync(path.join(unpacked, 'package', 'prebuilds'), { recursive: true, force: true });
+    const packOut = execFileSync('npm', ['pack', '--silent', '--ignore-scripts', '--pack-destination', unpacked], { cwd: path.join(unpacked, 'package'), env, encoding: 'utf8' });
+    const sourceTarball = path.join(unpacked, packOut.trim().split('\n').pop() as string);
+    const consumer = makeConsumer(scratch, 'source-consumer');
+    const inst = spawnSync('npm', ['install', '--offline', '--no-audit', '--no-fund', sourceTarball], { cwd: consumer, env, encoding: 'utf8' });
+    if (inst.status !== 0) throw new Error(`source install failed:\n${inst.stdout}\n${inst.stderr}`);
+    const result = runForward(consumer, env);
+    expect(result.binary).toMatch(/node_modules\/moekit\/build\/Release\/moekit\.node$/);
+    expect(result.cuda).toBe(false);
+  }, 900_000);
+});

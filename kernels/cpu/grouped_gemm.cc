@@ -68,6 +68,7 @@ constexpr int64_t kSmallBlockCols = 1024;
 constexpr int64_t kGemvCols = 64;      // W rows per decode work item ([N, K] weights)
 constexpr int64_t kStreamCols = 2048;  // packed columns per decode work item ([K, N] weights)
 constexpr int64_t kStreamMinK = 128;   // K rows per decode slice, at least
+constexpr int kStreamRowsPerStep = 4;  // W rows per pass of the [K, N] decode path
 constexpr int64_t kBlockMGroups = 16;  // kMR-row groups per row block
 
 inline int64_t round_up_floats(int64_t n) { return (n + 15) & ~int64_t{15}; }
@@ -496,12 +497,14 @@ void validate(const GroupedGemmParams& p) {
 
 struct Plan {
   std::vector<Item> items;
-  int64_t scratch_floats = 0;
+  int64_t scratch_floats = 0;  // per-thread scratch
+  int64_t partial_floats = 0;  // shared kStreamRows partial sums
+  int64_t groups = 0;          // kStreamRows groups
 };
 
 // Splits every expert's rows into work items. `panel_shift` halves the panels
 // per GEMM item that many times (more, smaller items when work is scarce).
-Plan make_plan(const GroupedGemmParams& p, const Problem& pr, const Isa& is, int panel_shift) {
+Plan make_plan(const GroupedGemmParams& p, const Problem& pr, const Isa& is, int threads, int panel_shift) {
   Plan plan;
   const int64_t panel_w = 2 * is.width;
   const int64_t out_cols = pr.glu ? is.width : panel_w;
@@ -512,16 +515,65 @@ Plan make_plan(const GroupedGemmParams& p, const Problem& pr, const Isa& is, int
     if (v < 1) v = 1;
     return v > kMaxBlockPanels ? int64_t{kMaxBlockPanels} : v;
   };
+  // Decode groups of a [K, N] weight: (expert, panel block) groups, each split
+  // into K slices so that even one expert keeps every core streaming.
+  const int64_t stream_np = std::max<int64_t>(1, kStreamCols / panel_w);
+  const int64_t stream_blocks = (panels + stream_np - 1) / stream_np;
+  int64_t stream_groups = 0;
+  for (int64_t e = 0; e < p.experts; ++e) {
+    const int64_t m = p.offsets[e + 1] - p.offsets[e];
+    if (pr.layout == WeightLayout::kEKN && m > 0 && m <= kGemvMaxRows) stream_groups += stream_blocks;
+  }
+  int64_t slices = 1;
+  if (stream_groups > 0) {
+    slices = (4 * threads + stream_groups - 1) / stream_groups;
+    slices = std::max<int64_t>(1, std::min(slices, pr.k / kStreamMinK));
+  }
+  const int64_t slice_k = (pr.k + slices - 1) / slices;
+
   for (int64_t e = 0; e < p.experts; ++e) {
     const int64_t row0 = p.offsets[e];
     const int64_t m = p.offsets[e + 1] - row0;
     if (m == 0) continue;
-    if (pr.layout == WeightLayout::kENK && m <= kGemvMaxRows) {
+    if (m <= kGemvMaxRows && pr.layout == WeightLayout::kENK) {
       const int64_t np = (kGemvCols + panel_w - 1) / panel_w;
       for (int64_t p0 = 0; p0 < panels; p0 += np) {
-        plan.items.push_back(Item{row0, e, m, p0, std::min(np, panels - p0), 0, true});
+        Item it{};
+        it.kind = ItemKind::kGemvRows;
+        it.row0 = row0;
+        it.expert = e;
+        it.rows = m;
+        it.panel0 = p0;
+        it.panels = std::min(np, panels - p0);
+        plan.items.push_back(it);
       }
       plan.scratch_floats = std::max<int64_t>(plan.scratch_floats, (kGemvMaxRows + 1) * panel_w);
+      continue;
+    }
+    if (m <= kGemvMaxRows) {  // [K, N] weight
+      for (int64_t p0 = 0; p0 < panels; p0 += stream_np) {
+        const int64_t np = std::min(stream_np, panels - p0);
+        const int64_t group_slices = (pr.k + slice_k - 1) / slice_k;
+        for (int64_t s = 0; s < group_slices; ++s) {
+          Item it{};
+          it.kind = ItemKind::kStreamRows;
+          it.row0 = row0;
+          it.expert = e;
+          it.rows = m;
+          it.panel0 = p0;
+          it.panels = np;
+          it.k0 = s * slice_k;
+          it.k1 = std::min(pr.k, it.k0 + slice_k);
+          it.slice = s;
+          it.slices = group_slices;
+          it.group = plan.groups;
+          it.partial_offset = plan.partial_floats;
+          plan.items.push_back(it);
+        }
+        plan.partial_floats += round_up_floats(group_slices * m * np * panel_w);
+        ++plan.groups;
+        plan.scratch_floats = std::max<int64_t>(plan.scratch_floats, round_up_floats(np * panel_w) + panel_w);
+      }
       continue;
     }
     const bool small = pr.layout == WeightLayout::kEKN && m <= kSmallRows;
@@ -533,7 +585,15 @@ Plan make_plan(const GroupedGemmParams& p, const Problem& pr, const Isa& is, int
     for (int64_t r0 = 0; r0 < m; r0 += per_block) {
       const int64_t rows = std::min(per_block, m - r0);
       for (int64_t p0 = 0; p0 < panels; p0 += np) {
-        plan.items.push_back(Item{row0 + r0, e, rows, p0, std::min(np, panels - p0), kc, false});
+        Item it{};
+        it.kind = ItemKind::kGemm;
+        it.row0 = row0 + r0;
+        it.expert = e;
+        it.rows = rows;
+        it.panel0 = p0;
+        it.panels = std::min(np, panels - p0);
+        it.kc = kc;
+        plan.items.push_back(it);
       }
     }
     const int64_t groups = (std::min(per_block, m) + is.mr - 1) / is.mr;
@@ -583,13 +643,21 @@ void grouped_gemm(const GroupedGemmParams& p) {
 
   const Isa& is = isa();
   const int threads = num_threads();
-  Plan plan = make_plan(p, pr, is, 0);
+  Plan plan = make_plan(p, pr, is, threads, 0);
   // NOTE: with few items (one small expert), narrower panel blocks keep every core busy.
   for (int shift = 1; shift <= 3 && static_cast<int64_t>(plan.items.size()) < 4 * threads; ++shift) {
-    Plan finer = make_plan(p, pr, is, shift);
+    Plan finer = make_plan(p, pr, is, threads, shift);
     if (finer.items.size() == plan.items.size()) break;
     plan = std::move(finer);
   }
+
+  std::vector<float> partial(static_cast<size_t>(plan.partial_floats));  // kStreamRows sums
+  std::vector<int32_t> pending(static_cast<size_t>(plan.groups));        // slices left per group
+  for (const Item& it : plan.items) {
+    if (it.kind == ItemKind::kStreamRows) pending[it.group] = static_cast<int32_t>(it.slices);
+  }
+  pr.partial = partial.data();
+  pr.pending = pending.data();
 
   const int64_t n_items = static_cast<int64_t>(plan.items.size());
   if (n_items == 1 || threads == 1) {

@@ -50,9 +50,9 @@ float score_of(Scoring s, float x) {
 // Weights of forced ids, from the router logits [tokens, cols]: the layer's scores at
 // those ids (softmax over the row; over the chosen logits for top-k-then-softmax),
 // then the layer's renormalisation and scaling. Unused slots (-1) get 0.
-void forced_weights_from_logits(const GatingParams& g, const float* logits, int64_t cols, const int32_t* ids,
-                                float* weights) {
-  parallel_for(g.tokens, 64, [&](int64_t begin, int64_t end) {
+void forced_weights_from_logits(const GatingParams& g, int64_t tokens, const float* logits, int64_t cols,
+                                const int32_t* ids, float* weights) {
+  parallel_for(tokens, 64, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const float* row = logits + t * cols;
       const int32_t* id = ids + t * g.k;
@@ -122,7 +122,7 @@ void moe_layer_forward(const MoELayerParams& p) {
     if (p.forced_weights != nullptr)
       std::copy(p.forced_weights, p.forced_weights + T * K, p.weights);
     else
-      forced_weights_from_logits(p.gating, logits.data(), cols, p.ids, p.weights);
+      forced_weights_from_logits(p.gating, T, logits.data(), cols, p.ids, p.weights);
     std::fill(p.load, p.load + E, 0);
     for (int64_t i = 0; i < T * K; ++i) {
       MOEKIT_REQUIRE(p.ids[i] >= -1 && p.ids[i] < E, "forced routing: expert id ", p.ids[i], " at [",

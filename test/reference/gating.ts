@@ -102,12 +102,13 @@ export interface GatingResult {
   /** [T, E + nullExperts] output of the scoring function on x (softmax probabilities for top-p / Sinkhorn / topk-logits-softmax). */
   scores: Float64Array;
   /**
-   * Smallest float64 gap at any selection decision: per token ([T]) for every
-   * mode but expert-choice, per expert ([E]) for expert-choice. 0 means an
-   * exact tie (resolved by id, deterministic in any precision); a small
-   * positive value means a near tie that a float32 kernel may resolve the
-   * other way, so tests should skip or loosen those rows. Infinity when no
-   * decision was made (e.g. k = all columns).
+   * Smallest non-zero float64 gap at any decision that shapes the output
+   * (which experts are chosen and their slot order): per token ([T]) for
+   * every mode but expert-choice, per expert ([E]) for expert-choice. Exact
+   * ties are left out: they resolve by id, identically in any precision
+   * (except Sinkhorn's, which count as Number.MIN_VALUE). A small value means
+   * a near tie that a float32 kernel may resolve the other way, so tests
+   * should skip or loosen those rows. Infinity when nothing was close.
    */
   margin: Float64Array;
 }
@@ -250,16 +251,25 @@ function biasedLogits(logits: ArrayLike<number>, tokens: number, g: ResolvedGati
 }
 
 /**
- * Top-`count` of `values` by {@link compareSelection}; also returns the gap
- * between the last taken value and the first value left out.
+ * Top-`count` of `values` by {@link compareSelection}; also returns the smallest
+ * non-zero gap between neighbours in the selection order, from the first taken
+ * value to the first value left out: both which experts are chosen and their
+ * slot order depend on those comparisons. Exact ties (gap 0) are skipped: they
+ * resolve by id identically in any precision — unless `tiesAreFragile`, for
+ * values computed along different arithmetic paths (Sinkhorn), where a float64
+ * tie need not be a tie in another implementation; then a tie counts as a gap
+ * of Number.MIN_VALUE.
  */
-function topWithGap(values: ArrayLike<number>, count: number): { chosen: number[]; gap: number } {
+function topWithGap(values: ArrayLike<number>, count: number, tiesAreFragile = false): { chosen: number[]; gap: number } {
   const order = selectionOrder(values);
   const taken = Math.min(count, order.length);
   const chosen = order.slice(0, taken);
   let gap = Infinity;
-  if (taken > 0 && taken < order.length) {
-    gap = decisionGap(values[order[taken - 1] as number] as number, values[order[taken] as number] as number);
+  const last = Math.min(taken, order.length - 1);
+  for (let i = 0; i < last; i++) {
+    const d = decisionGap(values[order[i] as number] as number, values[order[i + 1] as number] as number);
+    if (d > 0) gap = Math.min(gap, d);
+    else if (d === 0 && tiesAreFragile) gap = Math.min(gap, Number.MIN_VALUE);
   }
   return { chosen, gap };
 }
@@ -355,7 +365,7 @@ export function refGating(logits: ArrayLike<number>, tokens: number, opts: Gatin
       }
       case 'sinkhorn': {
         const pRow = (sinkhornP as Float64Array).subarray(t * C, (t + 1) * C);
-        const top = topWithGap(pRow, g.k);
+        const top = topWithGap(pRow, g.k, true);
         chosen = top.chosen;
         raw = chosen.map((j) => sRow[j] as number);
         margin[t] = top.gap;
@@ -373,13 +383,13 @@ export function refGating(logits: ArrayLike<number>, tokens: number, opts: Gatin
           chosen.push(j);
           raw.push(p);
           cumulative += p;
-          if (chosen.length < g.k) m = Math.min(m, Math.abs(cumulative - g.topP));
+          // The cut-off compares a running sum with topP: never an exact, id-resolved tie.
+          if (chosen.length < g.k) m = Math.min(m, Math.max(Math.abs(cumulative - g.topP), Number.MIN_VALUE));
           if (cumulative >= g.topP) break;
         }
-        if (chosen.length > 0 && chosen.length < order.length) {
-          const last = sRow[order[chosen.length - 1] as number] as number;
-          const next = sRow[order[chosen.length] as number] as number;
-          m = Math.min(m, decisionGap(last, next));
+        for (let i = 0; i < Math.min(chosen.length, order.length - 1); i++) {
+          const d = decisionGap(sRow[order[i] as number] as number, sRow[order[i + 1] as number] as number);
+          if (d > 0) m = Math.min(m, d);
         }
         margin[t] = m;
         break;
