@@ -111,6 +111,8 @@ export async function dispatch(ids: Tensor, options: DispatchOptions): Promise<D
   const blockSize = o.blockSize === undefined ? 1 : checkInteger('options.blockSize', o.blockSize, 1, 4096);
   const capacity = o.capacity === undefined ? -1 : checkInteger('options.capacity', o.capacity, 0, 2 ** 31 - 1);
   if (ids.shape[1] < 1) throw rangeError('ids', 'at least one slot per token', describeTensor(ids));
+  const maxRows = ids.shape[0] * ids.shape[1] + (blockSize > 1 ? experts * (blockSize - 1) : 0);
+  if (maxRows > 2 ** 31 - 1) throw rangeError('options', 'a dispatch whose padded rows fit 32-bit row indices', `${maxRows} rows`);
   const [counts, offsets, sortedPairs, pairToRow, dropped] = await op<[object], RawTensor[]>('dispatch')({
     ids: ids.raw,
     experts,

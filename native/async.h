@@ -38,16 +38,36 @@ class Job : public Napi::AsyncWorker {
   void OnOK() override {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
-    if (error_) {
-      deferred_.Reject(make_error(env, *error_));
-      return;
-    }
+    // NOTE: nothing may escape this callback: an exception here would surface as an
+    // uncaught error (or std::terminate) with the Promise never settled.
     try {
-      deferred_.Resolve(resolve_(env));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
+      if (error_) {
+        deferred_.Reject(make_error(env, *error_));
+        return;
+      }
+      try {
+        deferred_.Resolve(resolve_(env));
+      } catch (const Napi::Error& e) {
+        deferred_.Reject(e.Value());
+      } catch (...) {
+        deferred_.Reject(make_error(env, current_exception_as_error()));
+      }
     } catch (...) {
-      deferred_.Reject(make_error(env, current_exception_as_error()));
+      reject_last_resort(env);
+    }
+  }
+
+  // Rejection that allocates as little as possible, for when building a MoekitError failed.
+  void reject_last_resort(Napi::Env env) noexcept {
+    napi_value message = nullptr;
+    napi_value error = nullptr;
+    if (napi_create_string_utf8(env, "moekit: internal error while settling a Promise", NAPI_AUTO_LENGTH, &message) == napi_ok &&
+        napi_create_error(env, nullptr, message, &error) == napi_ok) {
+      try {
+        deferred_.Reject(Napi::Value(env, error));
+      } catch (...) {
+        // The environment is going away; nothing is left to tell.
+      }
     }
   }
 

@@ -53,6 +53,18 @@ void require_host(const Tensor& t, const char* name) {
 }
 const void* data_or_null(const std::optional<Tensor>& t) { return t ? t->data() : nullptr; }
 
+// Second line of defence behind lib/: a tensor's exact shape (and that it is on the host).
+void require_shape(const Tensor& t, const std::vector<int64_t>& shape, const char* name) {
+  require_host(t, name);
+  MOEKIT_REQUIRE(t.shape == shape, name, " must have shape ", shape_string(shape), ", got ", shape_string(t.shape));
+}
+void require_shape(const std::optional<Tensor>& t, const std::vector<int64_t>& shape, const char* name) {
+  if (t) require_shape(*t, shape, name);
+}
+void require_dtype(const Tensor& t, DType dtype, const char* name) {
+  MOEKIT_REQUIRE(t.dtype == dtype, name, " must be ", dtype_name(dtype), ", got ", dtype_name(t.dtype));
+}
+
 GatingParams gating_options(const Napi::Object& o) {
   GatingParams g;
   g.experts = get_i64(o, "experts", 0);
@@ -91,7 +103,13 @@ Napi::Value gating_op(const Napi::CallbackInfo& info) {
     const std::optional<Tensor> correction_bias = opt_tensor(env, o, "correctionBias");
     require_host(logits, "logits");
     GatingParams g = gating_options(o);
-    g.tokens = logits.shape.at(0);
+    g.tokens = dim_of(logits, 2, 0, "logits");
+    MOEKIT_REQUIRE(logits.shape[1] == g.experts + g.null_experts, "logits must have experts + nullExperts = ",
+                   g.experts + g.null_experts, " columns, got ", logits.shape[1]);
+    require_shape(logit_bias, {g.experts + g.null_experts}, "logitBias");
+    require_shape(correction_bias, {g.experts}, "correctionBias");
+    if (logit_bias) require_dtype(*logit_bias, DType::kF32, "logitBias");
+    if (correction_bias) require_dtype(*correction_bias, DType::kF32, "correctionBias");
     auto out = std::make_shared<std::array<Tensor, 3>>();
     return Job::start(
         env, "moekit.gating",
@@ -123,12 +141,18 @@ Napi::Value dispatch_op(const Napi::CallbackInfo& info) {
     Napi::Object o = info[0].As<Napi::Object>();
     const Tensor ids = req_tensor(env, o, "ids");
     require_host(ids, "ids");
+    require_dtype(ids, DType::kI32, "ids");
     DispatchParams d;
-    d.tokens = ids.shape.at(0);
-    d.k = ids.shape.at(1);
+    d.tokens = dim_of(ids, 2, 0, "ids");
+    d.k = ids.shape[1];
     d.experts = get_i64(o, "experts", 0);
     d.block_size = get_i64(o, "blockSize", 1);
     d.capacity = get_i64(o, "capacity", -1);
+    MOEKIT_REQUIRE(d.experts >= 1 && d.k >= 1 && d.block_size >= 1, "dispatch needs experts, k and blockSize >= 1");
+    // Checked before allocating: row indices are 32-bit.
+    MOEKIT_REQUIRE(dispatch_max_rows(d.tokens, d.k, d.experts, d.block_size) <= INT32_MAX,
+                   "dispatch of ", d.tokens, " tokens x ", d.k, " slots over ", d.experts, " experts with blockSize ",
+                   d.block_size, " needs more rows than 32-bit row indices address");
     auto out = std::make_shared<std::array<Tensor, 5>>();
     return Job::start(
         env, "moekit.dispatch",
@@ -168,16 +192,29 @@ Napi::Value grouped_gemm_op(const Napi::CallbackInfo& info) {
     const std::optional<Tensor> w_up = opt_tensor(env, o, "wUp"), bias = opt_tensor(env, o, "bias"),
                                 bias_up = opt_tensor(env, o, "biasUp"), row_scale = opt_tensor(env, o, "rowScale");
     for (const Tensor* t : {&x, &offsets, &w}) require_host(*t, "grouped GEMM operands");
+    require_dtype(x, DType::kF32, "x");
+    require_dtype(offsets, DType::kI32, "offsets");
     GroupedGemmParams g;
-    g.rows = x.shape.at(0);
-    g.experts = offsets.shape.at(0) - 1;
-    g.n = get_i64(o, "n", 0);
-    g.k = get_i64(o, "k", 0);
+    g.rows = dim_of(x, 2, 0, "x");
+    g.experts = dim_of(offsets, 1, 0, "offsets") - 1;
     g.layout = static_cast<WeightLayout>(get_i64(o, "layout", 0));
+    MOEKIT_REQUIRE(g.experts >= 1 && dim_of(w, 3, 0, "w") == g.experts, "w must be [experts, ., .] with experts = ",
+                   g.experts, ", got ", shape_string(w.shape));
+    g.n = g.layout == WeightLayout::kENK ? w.shape[1] : w.shape[2];
+    g.k = g.layout == WeightLayout::kENK ? w.shape[2] : w.shape[1];
+    MOEKIT_REQUIRE(x.shape[1] == g.k, "x must have ", g.k, " columns to match w, got ", x.shape[1]);
     g.activation = static_cast<Activation>(get_i64(o, "activation", 0));
     g.alpha = get_f32(o, "alpha", 1.702f);
     g.limit = get_f32(o, "limit", 7.0f);
-    const int64_t n_out = get_i64(o, "nOut", g.n);
+    if (w_up) {
+      require_shape(*w_up, w.shape, "wUp");
+      require_dtype(*w_up, w.dtype, "wUp");
+    }
+    require_shape(bias, {g.experts, g.n}, "bias");
+    require_shape(bias_up, {g.experts, g.n}, "biasUp");
+    require_shape(row_scale, {g.rows}, "rowScale");
+    // The output width follows from the activation, never from the caller.
+    const int64_t n_out = (activation_is_glu(g.activation) && !w_up) ? g.n / 2 : g.n;
     auto y = std::make_shared<Tensor>();
     return Job::start(
         env, "moekit.groupedGemm",
@@ -207,11 +244,16 @@ Napi::Value combine_op(const Napi::CallbackInfo& info) {
     const Tensor pair_to_row = req_tensor(env, o, "pairToRow");
     const std::optional<Tensor> weights = opt_tensor(env, o, "weights"), shared = opt_tensor(env, o, "shared");
     require_host(y, "y");
+    require_host(pair_to_row, "pairToRow");
+    require_dtype(y, DType::kF32, "y");
+    require_dtype(pair_to_row, DType::kI32, "pairToRow");
     CombineParams c;
-    c.rows = y.shape.at(0);
-    c.hidden = y.shape.at(1);
-    c.tokens = pair_to_row.shape.at(0);
-    c.k = pair_to_row.shape.at(1);
+    c.rows = dim_of(y, 2, 0, "y");
+    c.hidden = y.shape[1];
+    c.tokens = dim_of(pair_to_row, 2, 0, "pairToRow");
+    c.k = pair_to_row.shape[1];
+    require_shape(weights, {c.tokens, c.k}, "weights");
+    require_shape(shared, {c.tokens, c.hidden}, "shared");
     auto out = std::make_shared<Tensor>();
     return Job::start(
         env, "moekit.combine",
@@ -250,8 +292,8 @@ Napi::Value moe_layer_forward_op(const Napi::CallbackInfo& info) {
                  s_gate = take("sharedGate"), f_ids = take("forcedIds"), f_w = take("forcedWeights"),
                  corr = take("correctionBias");
     MoELayerParams p;
-    p.tokens = x.shape.at(0);
-    p.hidden = x.shape.at(1);
+    p.tokens = dim_of(x, 2, 0, "x");
+    p.hidden = x.shape[1];
     p.x_dtype = x.dtype;
     p.gating = gating_options(o);
     p.experts = get_i64(o, "experts", 0);

@@ -27,13 +27,17 @@ function compilerFreePath(dir: string): string {
   const bin = path.join(dir, 'bin');
   fs.mkdirSync(bin);
   fs.symlinkSync(process.execPath, path.join(bin, 'node'));
+  fs.symlinkSync('/bin/sh', path.join(bin, 'sh')); // npm runs lifecycle scripts with sh
   const npmCli = fs.realpathSync(execFileSync('sh', ['-c', 'command -v npm'], { encoding: 'utf8' }).trim());
   fs.writeFileSync(path.join(bin, 'npm'), `#!/bin/sh\nexec "${process.execPath}" "${npmCli}" "$@"\n`, { mode: 0o755 });
   return bin;
 }
 
-function canUnshareNetwork(): boolean {
-  return spawnSync('unshare', ['-n', 'true']).status === 0;
+/** Absolute path of `unshare` when it can cut the network here (root in a user namespace), else null. */
+function unshareNetwork(): string | null {
+  const which = spawnSync('sh', ['-c', 'command -v unshare'], { encoding: 'utf8' });
+  const bin = which.status === 0 ? which.stdout.trim() : '';
+  return bin && spawnSync(bin, ['-n', 'true']).status === 0 ? bin : null;
 }
 
 const FORWARD_SCRIPT = `
@@ -105,9 +109,11 @@ describe('the packed package', () => {
     const cleanEnv: NodeJS.ProcessEnv = { HOME: process.env.HOME, PATH: bin, npm_config_cache: process.env.npm_config_cache };
     for (const tool of ['cc', 'c++', 'gcc', 'g++', 'nvcc', 'cmake', 'make']) expect(spawnSync('sh', ['-c', `command -v ${tool}`], { env: cleanEnv }).status).not.toBe(0);
     const installArgs = ['install', '--offline', '--no-audit', '--no-fund', tarball];
-    const cmd = canUnshareNetwork() ? ['unshare', '-n', path.join(bin, 'npm'), ...installArgs] : [path.join(bin, 'npm'), ...installArgs];
+    // NOTE: --offline alone already forbids the registry; unshare -n also cuts the network.
+    const unshare = unshareNetwork();
+    const cmd = unshare ? [unshare, '-n', path.join(bin, 'npm'), ...installArgs] : [path.join(bin, 'npm'), ...installArgs];
     const inst = spawnSync(cmd[0], cmd.slice(1), { cwd: consumer, env: cleanEnv, encoding: 'utf8' });
-    if (inst.status !== 0) throw new Error(`offline install failed:\n${inst.stdout}\n${inst.stderr}`);
+    if (inst.status !== 0) throw new Error(`offline install failed (${inst.error?.message ?? `exit ${inst.status}`}):\n${inst.stdout}\n${inst.stderr}`);
     expect(fs.existsSync(path.join(consumer, 'node_modules', 'moekit', 'build'))).toBe(false);
     const result = runForward(consumer, cleanEnv);
     expect(result.binary).toMatch(/node_modules\/moekit\/prebuilds\/linux-x64\/.*\.node$/);

@@ -95,6 +95,8 @@ void moe_layer_forward(const MoELayerParams& p) {
   const int64_t T = p.tokens, H = p.hidden, E = p.experts, I = p.intermediate, K = p.gating.k;
   MOEKIT_REQUIRE(T >= 0 && H >= 1 && E >= 1 && I >= 1 && K >= 1, "moe_layer_forward: bad sizes T=", T,
                  " H=", H, " E=", E, " I=", I, " k=", K);
+  MOEKIT_REQUIRE(dispatch_max_rows(T, K, E, p.block_size) <= INT32_MAX, "moe_layer_forward: ", T, " tokens x ", K,
+                 " slots exceed 32-bit row indices");
   const bool glu = activation_is_glu(p.activation) || p.w_in_up.data != nullptr;
   const bool fused_glu = glu && p.w_in_up.data == nullptr;
   const int64_t n_in = fused_glu ? 2 * I : I;
@@ -119,16 +121,16 @@ void moe_layer_forward(const MoELayerParams& p) {
   }
   if (p.forced_ids != nullptr) {
     std::copy(p.forced_ids, p.forced_ids + T * K, p.ids);
-    if (p.forced_weights != nullptr)
-      std::copy(p.forced_weights, p.forced_weights + T * K, p.weights);
-    else
-      forced_weights_from_logits(p.gating, T, logits.data(), cols, p.ids, p.weights);
     std::fill(p.load, p.load + E, 0);
-    for (int64_t i = 0; i < T * K; ++i) {
+    for (int64_t i = 0; i < T * K; ++i) {  // checked before any weight lookup by id
       MOEKIT_REQUIRE(p.ids[i] >= -1 && p.ids[i] < E, "forced routing: expert id ", p.ids[i], " at [",
                      i / K, ", ", i % K, "] is out of range for ", E, " experts");
       if (p.ids[i] >= 0) ++p.load[p.ids[i]];
     }
+    if (p.forced_weights != nullptr)
+      std::copy(p.forced_weights, p.forced_weights + T * K, p.weights);
+    else
+      forced_weights_from_logits(p.gating, T, logits.data(), cols, p.ids, p.weights);
   } else {
     GatingParams g = p.gating;
     g.logits = logits.data();

@@ -36,8 +36,10 @@ struct DeviceState {
 };
 
 std::vector<DeviceState>& device_states() {
-  static std::vector<DeviceState> states(runtime_info().devices.size());
-  return states;
+  // NOTE: leaked on purpose: a libuv thread may still hold a device lock while static
+  // destructors run at process exit.
+  static std::vector<DeviceState>* states = new std::vector<DeviceState>(runtime_info().devices.size());
+  return *states;
 }
 
 thread_local cudaStream_t tls_stream = nullptr;
@@ -78,9 +80,14 @@ const RuntimeInfo& runtime_info() {
     }
     for (int i = 0; i < count; ++i) {
       cudaDeviceProp prop{};
-      if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) {
+      const cudaError_t perr = cudaGetDeviceProperties(&prop, i);
+      if (perr != cudaSuccess) {
+        // Devices are addressed by ordinal: a device that cannot be queried makes CUDA unusable
+        // rather than shifting every later ordinal.
         cudaGetLastError();
-        continue;
+        r.devices.clear();
+        r.unavailable_reason = "CUDA device " + std::to_string(i) + " could not be queried: " + reason_in_words(perr);
+        return r;
       }
       DeviceInfo d;
       d.index = i;
@@ -91,7 +98,6 @@ const RuntimeInfo& runtime_info() {
       d.multiprocessors = prop.multiProcessorCount;
       r.devices.push_back(d);
     }
-    if (r.devices.empty()) r.unavailable_reason = "no CUDA device could be queried";
     return r;
   }();
   return info;
@@ -111,30 +117,32 @@ void run_on_device(int32_t device, const std::function<void()>& fn) {
     fn();
     return;
   }
+  // NOTE: holding two device locks could deadlock against a thread taking them in the
+  // other order; cross-device work goes through the host.
+  MOEKIT_CHECK(tls_device < 0, "work for cuda:", device, " requested inside work for cuda:", tls_device);
   DeviceState& s = state_for(device);
   std::lock_guard<std::mutex> g(s.lock);
   MOEKIT_CUDA_CHECK(cudaSetDevice(device));
   if (s.stream == nullptr) MOEKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
   drain_pending_frees(s);
-  const int32_t outer_device = tls_device;
-  const cudaStream_t outer_stream = tls_stream;
   tls_stream = s.stream;
   tls_device = device;
   struct Reset {
-    int32_t d;
-    cudaStream_t st;
     ~Reset() {
-      tls_stream = st;
-      tls_device = d;
+      tls_stream = nullptr;
+      tls_device = -1;
     }
-  } reset{outer_device, outer_stream};
+  } reset;
   try {
     fn();
   } catch (...) {
     cudaStreamSynchronize(s.stream);  // leave no work in flight that references freed memory
+    drain_pending_frees(s);
     throw;
   }
   MOEKIT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  // Frees queued by finalizers while this work ran are released now, not at the next op.
+  drain_pending_frees(s);
 }
 
 void* current_stream() {
@@ -161,6 +169,10 @@ void device_free(int32_t device, void* ptr) {
   const RuntimeInfo& info = runtime_info();
   if (device < 0 || device >= static_cast<int32_t>(info.devices.size())) return;
   DeviceState& s = device_states()[static_cast<size_t>(device)];
+  if (tls_device == device) {  // on this device's worker already (the lock is held)
+    cudaFreeAsync(ptr, tls_stream);
+    return;
+  }
   // NOTE: never block the caller (often the JS thread running a finalizer) on a busy
   // device: when the worker holds the lock, queue the pointer for it to release.
   std::unique_lock<std::mutex> g(s.lock, std::try_to_lock);
