@@ -18,6 +18,8 @@ export type MoekitErrorCode =
   | 'ERR_UNSUPPORTED'
   | 'ERR_TOO_LARGE'
   | 'ERR_LOAD'
+  | 'ERR_IO'
+  | 'ERR_CHECKPOINT'
   | 'ERR_INTERNAL';
 
 /** Every failure moekit reports that is not an argument error. */

@@ -17,3 +17,5 @@ export { MoELayer } from './layer';
 export type { MoELayerConfig, MoELayerWeights, ForwardOptions, ForwardResult, ForwardRouting } from './layer';
 export { preset, FAMILIES } from './presets';
 export type { Family, Preset, PresetOptions } from './presets';
+export { SafetensorsFile, Checkpoint, writeSafetensors, readEntry, readStacked } from './safetensors';
+export type { TensorEntry, WriteOptions } from './safetensors';

@@ -55,6 +55,7 @@ Napi::Object init_module(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorClass", Napi::Function::New(env, set_error_class, "setErrorClass"));
   exports.Set("runtime", Napi::Function::New(env, runtime, "runtime"));
   register_ops(env, exports);
+  register_io(env, exports);
   return exports;
 }
 

@@ -5,4 +5,6 @@
 
 namespace moekit::native {
 void register_ops(Napi::Env env, Napi::Object exports);
+// File bindings (native/io.cc).
+void register_io(Napi::Env env, Napi::Object exports);
 }

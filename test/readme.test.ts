@@ -14,6 +14,7 @@ test("the README's example runs and prints an output, routing and load", () => {
   expect(code).toContain("require('moekit')");
   // Run from the repository root: require('moekit') resolves to this package (self-reference).
   const file = path.join(root, 'examples', '.readme-example.tmp.js');
+  fs.mkdirSync(path.dirname(file), { recursive: true });
   fs.writeFileSync(file, code);
   try {
     const r = spawnSync(process.execPath, [file], { cwd: root, encoding: 'utf8' });

@@ -19,6 +19,8 @@ inline constexpr const char* kCudaUnavailable = "ERR_CUDA_UNAVAILABLE";
 inline constexpr const char* kDisposed = "ERR_DISPOSED";
 inline constexpr const char* kUnsupported = "ERR_UNSUPPORTED";
 inline constexpr const char* kInternal = "ERR_INTERNAL";
+inline constexpr const char* kIo = "ERR_IO";
+inline constexpr const char* kCheckpoint = "ERR_CHECKPOINT";
 }  // namespace code
 
 class Error : public std::runtime_error {

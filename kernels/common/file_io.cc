@@ -1,0 +1,62 @@
+#include "kernels/common/file_io.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "kernels/common/error.h"
+
+namespace moekit {
+
+namespace {
+
+class Fd {
+ public:
+  explicit Fd(const std::string& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    if (fd_ < 0) fail(code::kIo, "cannot open ", path, ": ", std::strerror(errno));
+  }
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+}  // namespace
+
+int64_t file_size(const std::string& path) {
+  Fd fd(path);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) fail(code::kIo, "cannot stat ", path, ": ", std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) fail(code::kIo, path, " is not a regular file");
+  return static_cast<int64_t>(st.st_size);
+}
+
+void read_file_range(const std::string& path, int64_t offset, int64_t bytes, void* dst) {
+  MOEKIT_REQUIRE(offset >= 0 && bytes >= 0, "read_file_range: negative offset or size");
+  if (bytes == 0) return;
+  Fd fd(path);
+  char* out = static_cast<char*>(dst);
+  int64_t done = 0;
+  while (done < bytes) {
+    // NOTE: pread in chunks of at most 1 GiB (Linux caps one read near 2 GiB).
+    const size_t want = static_cast<size_t>(std::min<int64_t>(bytes - done, int64_t{1} << 30));
+    const ssize_t got = ::pread(fd.get(), out + done, want, static_cast<off_t>(offset + done));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      fail(code::kIo, "cannot read ", path, " at byte ", offset + done, ": ", std::strerror(errno));
+    }
+    if (got == 0)
+      fail(code::kCheckpoint, path, " ends at byte ", offset + done, " but ", bytes - done,
+           " more bytes were expected (truncated file?)");
+    done += got;
+  }
+}
+
+}  // namespace moekit
