@@ -1,7 +1,7 @@
 /**
  * The low-level ops, each usable on its own: gate, dispatch, groupedGemm, combine.
- * Each validates its arguments, then runs the kernel off the JavaScript thread.
- * These run on the CPU backend (host tensors).
+ * Each validates its arguments, then runs the kernel off the JavaScript thread, on the
+ * device of its first input (every tensor of a call must be on that device).
  */
 import { MoekitError, checkInteger, checkNumber, checkOneOf, checkOptions, rangeError } from './errors';
 import { FLOAT_DTYPES } from './dtype';
@@ -34,21 +34,21 @@ function op<A extends unknown[], R>(name: string): NativeFn<A, R> {
   return native()[name] as NativeFn<A, R>;
 }
 
-function checkHost(name: string, t: Tensor): void {
-  if (t.device.kind !== 'cpu')
-    throw new MoekitError(`${name} is on ${t.device.name}; this op runs on the CPU backend in this version: use await t.to('cpu')`, 'ERR_UNSUPPORTED');
+/** Checks `t` is on the op's device (that of its first input). */
+function checkDevice(name: string, t: Tensor, device: Tensor['device']): void {
+  if (t.device.name !== device.name)
+    throw new MoekitError(`${name} is on ${t.device.name} but this op runs on ${device.name} (the device of its first input): move it with await t.to('${device.name}')`, 'ERR_INVALID_ARGUMENT');
 }
 
 function check2d(name: string, t: Tensor, dtypes: readonly string[]): void {
   if (t.shape.length !== 2) throw rangeError(name, 'a 2-D tensor', describeTensor(t));
   if (!dtypes.includes(t.dtype)) throw rangeError(name, `a tensor of dtype ${dtypes.join(' or ')}`, describeTensor(t));
-  checkHost(name, t);
 }
 
-function checkVector(name: string, t: Tensor, length: number): void {
+function checkVector(name: string, t: Tensor, length: number, device: Tensor['device']): void {
   if (t.dtype !== 'f32' || t.shape.length !== 1 || t.shape[0] !== length)
     throw rangeError(name, `a f32 tensor of shape [${length}]`, describeTensor(t));
-  checkHost(name, t);
+  checkDevice(name, t, device);
 }
 
 /**
@@ -67,9 +67,10 @@ export async function gate(logits: Tensor, options: GateOptions): Promise<Routin
   const r = resolveRouting('options', experts, o);
   if (r.experts + r.nullExperts !== cols)
     throw rangeError('logits', `${r.experts + r.nullExperts} columns (experts + nullExperts)`, describeTensor(logits));
-  if (o.logitBias !== undefined) checkVector('options.logitBias', checkTensor('options.logitBias', o.logitBias), cols);
-  if (o.correctionBias !== undefined) checkVector('options.correctionBias', checkTensor('options.correctionBias', o.correctionBias), experts);
-  const correctionBias = correctionBiasFor('options', r, o.correctionBias, (n) => Tensor.zeros([n]));
+  if (o.logitBias !== undefined) checkVector('options.logitBias', checkTensor('options.logitBias', o.logitBias), cols, logits.device);
+  if (o.correctionBias !== undefined) checkVector('options.correctionBias', checkTensor('options.correctionBias', o.correctionBias), experts, logits.device);
+  const made = correctionBiasFor('options', r, o.correctionBias, (n) => Tensor.zeros([n]));
+  const correctionBias = made !== undefined && made !== o.correctionBias && logits.device.kind !== 'cpu' ? await made.to(logits.device.name) : made;
   const [ids, weights, load] = await op<[object], RawTensor[]>('gating')({
     logits: logits.raw,
     logitBias: o.logitBias?.raw,
@@ -113,6 +114,12 @@ export async function dispatch(ids: Tensor, options: DispatchOptions): Promise<D
   if (ids.shape[1] < 1) throw rangeError('ids', 'at least one slot per token', describeTensor(ids));
   const maxRows = ids.shape[0] * ids.shape[1] + (blockSize > 1 ? experts * (blockSize - 1) : 0);
   if (maxRows > 2 ** 31 - 1) throw rangeError('options', 'a dispatch whose padded rows fit 32-bit row indices', `${maxRows} rows`);
+  if (ids.device.kind !== 'cpu') {
+    // The CPU kernel checks ids itself; device ids are checked here (a sync, standalone op only).
+    const values = (await ids.toArray()) as Int32Array;
+    for (let i = 0; i < values.length; i++)
+      if (values[i] >= experts) throw rangeError('ids', `expert ids below ${experts} (or -1 to skip)`, `${values[i]} at flat index ${i}`);
+  }
   const [counts, offsets, sortedPairs, pairToRow, dropped] = await op<[object], RawTensor[]>('dispatch')({
     ids: ids.raw,
     experts,
@@ -120,7 +127,7 @@ export async function dispatch(ids: Tensor, options: DispatchOptions): Promise<D
     capacity,
   });
   const droppedTensor = new Tensor(dropped);
-  const droppedCount = Number((droppedTensor.toArraySync() as BigInt64Array)[0]);
+  const droppedCount = Number(((await droppedTensor.toArray()) as BigInt64Array)[0]);
   droppedTensor.dispose();
   return { counts: new Tensor(counts), offsets: new Tensor(offsets), sortedPairs: new Tensor(sortedPairs), pairToRow: new Tensor(pairToRow), dropped: droppedCount };
 }
@@ -166,17 +173,18 @@ export async function groupedGemm(x: Tensor, offsets: Tensor, w: Tensor, options
   const o = checkOptions<GroupedGemmOptions>('options', options);
   if (offsets.dtype !== 'i32' || offsets.shape.length !== 1 || offsets.shape[0] < 2)
     throw rangeError('offsets', 'an i32 tensor of shape [experts + 1]', describeTensor(offsets));
-  checkHost('offsets', offsets);
+  checkDevice('offsets', offsets, x.device);
   const E = offsets.shape[0] - 1;
   const layout = o.layout === undefined ? 'enk' : checkOneOf('options.layout', o.layout, ['enk', 'ekn'] as const);
   if (w.shape.length !== 3 || w.shape[0] !== E || !FLOAT_DTYPES.includes(w.dtype))
     throw rangeError('w', `a f32, f16 or bf16 tensor of shape [${E}, N, K] or [${E}, K, N]`, describeTensor(w));
-  checkHost('w', w);
+  checkDevice('w', w, x.device);
   const [n, k] = layout === 'enk' ? [w.shape[1], w.shape[2]] : [w.shape[2], w.shape[1]];
   if (x.shape[1] !== k) throw rangeError('x', `${k} columns to match w (layout '${layout}')`, describeTensor(x));
   const activation = o.activation === undefined ? 'none' : checkOneOf('options.activation', o.activation, ACTIVATIONS);
   const rows = x.shape[0];
-  const offs = offsets.toArraySync() as Int32Array;
+  // NOTE: reading offsets back costs a device sync for CUDA inputs; the layer forward never does this.
+  const offs = (await offsets.toArray()) as Int32Array;
   if (offs[0] < 0) throw rangeError('offsets', 'offsets[0] >= 0', offs[0]);
   for (let e = 0; e < E; e++)
     if (offs[e + 1] < offs[e] || offs[e + 1] > rows) throw rangeError('offsets', `non-decreasing values within [0, ${rows}]`, `offsets[${e + 1}] = ${offs[e + 1]}`);
@@ -184,7 +192,7 @@ export async function groupedGemm(x: Tensor, offsets: Tensor, w: Tensor, options
   if (o.wUp !== undefined) {
     checkTensor('options.wUp', o.wUp);
     if (o.wUp.dtype !== w.dtype || o.wUp.shape.join() !== w.shape.join()) throw rangeError('options.wUp', `a ${w.dtype} tensor of shape [${w.shape.join(', ')}]`, describeTensor(o.wUp));
-    checkHost('options.wUp', o.wUp);
+    checkDevice('options.wUp', o.wUp, x.device);
     if (activation !== 'swiglu' && activation !== 'geglu') throw rangeError('options.activation', "'swiglu' or 'geglu' with a separate up projection", activation);
   } else if (GLU_ACTIVATIONS.includes(activation)) {
     if (n % 2 !== 0) throw rangeError('w', `an even output dimension for activation '${activation}'`, describeTensor(w));
@@ -194,10 +202,10 @@ export async function groupedGemm(x: Tensor, offsets: Tensor, w: Tensor, options
     if (b === undefined) continue;
     checkTensor(name, b);
     if (b.dtype !== w.dtype || b.shape.length !== 2 || b.shape[0] !== E || b.shape[1] !== n) throw rangeError(name, `a ${w.dtype} tensor of shape [${E}, ${n}]`, describeTensor(b));
-    checkHost(name, b);
+    checkDevice(name, b, x.device);
   }
   if (o.biasUp !== undefined && o.wUp === undefined) throw rangeError('options.biasUp', 'no biasUp without wUp', 'a Tensor');
-  if (o.rowScale !== undefined) checkVector('options.rowScale', checkTensor('options.rowScale', o.rowScale), rows);
+  if (o.rowScale !== undefined) checkVector('options.rowScale', checkTensor('options.rowScale', o.rowScale), rows, x.device);
   const raw = await op<[object], RawTensor>('groupedGemm')({
     x: x.raw,
     offsets: offsets.raw,
@@ -237,15 +245,16 @@ export async function combine(y: Tensor, pairToRow: Tensor, options: CombineOpti
   if (o.weights !== undefined) {
     checkTensor('options.weights', o.weights);
     if (o.weights.dtype !== 'f32' || o.weights.shape.join() !== `${T},${k}`) throw rangeError('options.weights', `a f32 tensor of shape [${T}, ${k}]`, describeTensor(o.weights));
-    checkHost('options.weights', o.weights);
+    checkDevice('options.weights', o.weights, y.device);
   }
   if (o.shared !== undefined) {
     checkTensor('options.shared', o.shared);
     if (o.shared.dtype !== 'f32' || o.shared.shape.join() !== `${T},${H}`) throw rangeError('options.shared', `a f32 tensor of shape [${T}, ${H}]`, describeTensor(o.shared));
-    checkHost('options.shared', o.shared);
+    checkDevice('options.shared', o.shared, y.device);
   }
   const rows = y.shape[0];
-  const p2r = pairToRow.toArraySync() as Int32Array;
+  checkDevice('pairToRow', pairToRow, y.device);
+  const p2r = (await pairToRow.toArray()) as Int32Array;
   for (let i = 0; i < p2r.length; i++)
     if (p2r[i] < -1 || p2r[i] >= rows) throw rangeError('pairToRow', `row indices in [-1, ${rows})`, `${p2r[i]} at flat index ${i}`);
   const raw = await op<[object], RawTensor>('combine')({ y: y.raw, pairToRow: pairToRow.raw, weights: o.weights?.raw, shared: o.shared?.raw });
