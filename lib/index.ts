@@ -19,3 +19,5 @@ export { preset, FAMILIES } from './presets';
 export type { Family, Preset, PresetOptions } from './presets';
 export { SafetensorsFile, Checkpoint, writeSafetensors, readEntry, readStacked } from './safetensors';
 export type { TensorEntry, WriteOptions } from './safetensors';
+export { listMoELayers, loadMoELayer } from './pretrained';
+export type { MoELayerInfo, PretrainedOptions } from './pretrained';

@@ -8,6 +8,7 @@ import { MoekitError, checkBoolean, checkInteger, checkNumber, checkOneOf, check
 import { RawTensor, native } from './native';
 import { ACTIVATIONS, Activation, WeightLayout } from './ops';
 import { Family, PresetOptions, preset } from './presets';
+import type { PretrainedOptions } from './pretrained';
 import { ResolvedRouting, RoutingOptions, RoutingStats, correctionBiasFor, encodeRouting, resolveRouting, routingStats } from './routing';
 import { Tensor, checkTensor, describeTensor } from './tensor';
 
@@ -181,6 +182,16 @@ export class MoELayer {
       weights,
       options,
     );
+  }
+
+  /**
+   * Loads MoE layer `options.layer` of a Hugging Face checkpoint directory (config.json +
+   * safetensors) with its family's routing math; the layer owns its weights. See
+   * lib/pretrained.ts for the families, tensor names and errors.
+   */
+  static fromPretrained(dir: string, options: PretrainedOptions): Promise<MoELayer> {
+    // NOTE: required on use: pretrained.ts imports this module.
+    return (require('./pretrained') as typeof import('./pretrained')).loadMoELayer(dir, options);
   }
 
   /** True once dispose() has run. */
