@@ -19,6 +19,8 @@ const USAGE = `Usage:
   moekit run-layer --model DIR --layer N --input IN.safetensors --output OUT.safetensors
                    [--device cpu|cuda] [--dtype f32|bf16|f16]
   moekit layers --model DIR [--json]
+  moekit cache-sim --trace FILE --capacity N --policy lru|lfu|lfru|static|belady
+                   [--prefetch affinity] [--per-layer] [--reset-per-sequence] [--json] …
   moekit --help
 
 run-layer  Runs MoE layer N of the Hugging Face checkpoint in DIR (config.json and
@@ -31,6 +33,9 @@ run-layer  Runs MoE layer N of the Hugging Face checkpoint in DIR (config.json a
            --device picks where the layer runs (default: MOEKIT_DEVICE, else auto).
 layers     Lists the checkpoint's MoE layers: shapes, experts per token, routing.
            --json prints the listing as JSON.
+cache-sim  Replays an expert-routing trace (.u8 + .json) through an expert-cache policy
+           and reports hit rate and experts moved beside Belady's bound (docs/CACHE.md;
+           \`moekit cache-sim --help\` lists every option).
 
 Exit status: 0 on success, 1 when the work fails, 2 for bad arguments.`;
 
@@ -156,6 +161,11 @@ function listLayers(flags: Parsed['flags']): void {
 
 /** Runs the CLI on `argv` (without node and the script); resolves to the exit status. */
 export async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'cache-sim') {
+    // The simulator parses its own options (lib/cache/simulate.ts).
+    const { runCacheSimCli } = await import('./cache/simulate');
+    return runCacheSimCli(argv.slice(1));
+  }
   try {
     const parsed = parse(argv);
     if (parsed === 'help') {

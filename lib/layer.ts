@@ -235,7 +235,9 @@ export class MoELayer {
       checkTensor('options.forcedIds', o.forcedIds);
       if (o.forcedIds.dtype !== 'i32' || o.forcedIds.shape.length !== 2 || o.forcedIds.shape[0] !== T || o.forcedIds.shape[1] !== slots)
         throw rangeError('options.forcedIds', `an i32 tensor of shape [${T}, ${slots}]`, describeTensor(o.forcedIds));
-      const ids = (await o.forcedIds.toArray()) as Int32Array;
+      // NOTE: host ids are read synchronously, so the native call below starts in this
+      // tick and captures every input before the caller can dispose it.
+      const ids = (o.forcedIds.device.kind === 'cpu' ? o.forcedIds.toArraySync() : await o.forcedIds.toArray()) as Int32Array;
       for (let i = 0; i < ids.length; i++)
         if (!(ids[i] >= -1 && ids[i] < this.config.experts))
           throw rangeError('options.forcedIds', `expert ids in [-1, ${this.config.experts})`, `${ids[i]} at [${Math.floor(i / slots)}, ${i % slots}]`);
@@ -257,11 +259,17 @@ export class MoELayer {
       return moved;
     };
     let raw: RawTensor[];
-    try {
-      const wd = device.kind === 'cpu' ? w : await this.weightsOn(device);
-      raw = await this.runForward(wd, (await onDevice(x)) as Tensor, await onDevice(o.forcedIds), await onDevice(o.forcedWeights), fusedIn, outputDtype);
-    } finally {
-      for (const t of temporaries) t.dispose();
+    const sameDevice = (t: Tensor | undefined) => t === undefined || t.device.name === device.name;
+    if (device.kind === 'cpu' && sameDevice(x) && sameDevice(o.forcedIds) && sameDevice(o.forcedWeights)) {
+      // Started synchronously: the job holds the inputs' memory from this point on.
+      raw = await this.runForward(w, x, o.forcedIds, o.forcedWeights, fusedIn, outputDtype);
+    } else {
+      try {
+        const wd = device.kind === 'cpu' ? w : await this.weightsOn(device);
+        raw = await this.runForward(wd, (await onDevice(x)) as Tensor, await onDevice(o.forcedIds), await onDevice(o.forcedWeights), fusedIn, outputDtype);
+      } finally {
+        for (const t of temporaries) t.dispose();
+      }
     }
     const [output, ids, weights, load, droppedRaw] = raw.map((r) => new Tensor(r));
     const dropped = Number(((await droppedRaw.toArray()) as BigInt64Array)[0]);

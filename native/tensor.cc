@@ -92,18 +92,25 @@ const Tensor& NativeTensor::live(Napi::Env env) const {
 Napi::Value NativeTensor::from_array(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    Napi::TypedArray view = info[0].As<Napi::TypedArray>();
+    // NOTE: napi_get_typedarray_info gives the data pointer for views of both ArrayBuffer
+    // and SharedArrayBuffer (the ArrayBuffer accessor refuses the latter).
+    napi_typedarray_type type;
+    size_t length = 0, byte_offset = 0;
+    void* data = nullptr;
+    napi_value buffer;
+    if (!info[0].IsTypedArray() ||
+        napi_get_typedarray_info(env, info[0], &type, &length, &data, &buffer, &byte_offset) != napi_ok)
+      throw Napi::TypeError::New(env, "Expected a typed array for data");
     const DType dtype = dtype_from_js(info[1]);
     Tensor t = Tensor::empty(dtype, shape_from_js(info[2]), Device{});
-    MOEKIT_REQUIRE(static_cast<int64_t>(view.ElementLength()) == t.numel(), "array has ",
-                   view.ElementLength(), " elements but the shape ", shape_string(t.shape), " needs ",
-                   t.numel());
-    const uint8_t* src = static_cast<const uint8_t*>(view.ArrayBuffer().Data()) + view.ByteOffset();
-    if (view.TypedArrayType() == napi_float32_array) {
+    MOEKIT_REQUIRE(static_cast<int64_t>(length) == t.numel(), "array has ", length, " elements but the shape ",
+                   shape_string(t.shape), " needs ", t.numel());
+    const uint8_t* src = static_cast<const uint8_t*>(data);
+    if (type == napi_float32_array) {
       cpu::convert_from_f32(dtype, reinterpret_cast<const float*>(src), t.data(), t.numel());
     } else {
-      MOEKIT_REQUIRE(static_cast<int64_t>(view.ByteLength()) == t.bytes(), "array byte length ",
-                     view.ByteLength(), " does not match ", dtype_name(dtype), " data of ", t.bytes(), " bytes");
+      const int64_t elem = type == napi_uint16_array ? 2 : type == napi_int32_array ? 4 : type == napi_bigint64_array ? 8 : 0;
+      MOEKIT_REQUIRE(elem == dtype_size(dtype), "a ", dtype_name(dtype), " tensor cannot be filled from this typed array");
       if (t.bytes() > 0) std::memcpy(t.data(), src, static_cast<size_t>(t.bytes()));
     }
     return wrap(env, std::move(t));

@@ -182,8 +182,8 @@ describe('forced routing (routing replay)', () => {
     const w2 = randn(rng, E * H * I, 0.15, 'f32');
     const ids = new Int32Array(T * k);
     for (let t = 0; t < T; t++) {
-      ids[t * k] = rng.int(0, E - 1);
-      ids[t * k + 1] = t % 5 === 0 ? -1 : (ids[t * k] + 1 + rng.int(0, E - 2)) % E;
+      ids[t * k] = rng.int(0, E);
+      ids[t * k + 1] = t % 5 === 0 ? -1 : (ids[t * k] + 1 + rng.int(0, E - 1)) % E;
     }
     const fw = roundTo(Float64Array.from({ length: T * k }, () => rng.uniform()), 'f32');
     const layer = new MoELayer({ hidden: H, intermediate: I, experts: E, routing: { k, renormalize: true } }, { router: tensor(router, [E, H]), gateUp: tensor(w1, [E, 2 * I, H]), down: tensor(w2, [E, H, I]) });

@@ -12,7 +12,7 @@ function randomIds(rng: Rng, T: number, k: number, E: number, skew: boolean, ski
     const used = new Set<number>();
     for (let s = 0; s < k; s++) {
       if (rng.uniform() < skipFraction) continue;
-      let e = skew && rng.uniform() < 0.7 ? 0 : rng.int(0, E - 1);
+      let e = skew && rng.uniform() < 0.7 ? 0 : rng.int(0, E);
       while (used.has(e) && used.size < E) e = (e + 1) % E;
       if (used.has(e)) continue;
       used.add(e);
