@@ -3,6 +3,7 @@
 // wraps the results as tensors. No arithmetic here.
 #include "native/ops.h"
 
+#include <functional>
 #include <memory>
 #include <optional>
 
@@ -13,6 +14,12 @@
 #include "kernels/cpu/gating.h"
 #include "kernels/cpu/grouped_gemm.h"
 #include "kernels/cpu/moe_layer.h"
+#include "kernels/cuda/combine.h"
+#include "kernels/cuda/cuda_runtime.h"
+#include "kernels/cuda/dispatch.h"
+#include "kernels/cuda/gating.h"
+#include "kernels/cuda/grouped_gemm.h"
+#include "kernels/cuda/moe_layer.h"
 #include "native/async.h"
 #include "native/errors.h"
 #include "native/tensor.h"
@@ -45,17 +52,29 @@ bool get_bool(const Napi::Object& o, const char* name, bool def) {
   return v.IsBoolean() ? v.As<Napi::Boolean>().Value() : def;
 }
 
-// The CPU backend runs these ops; CUDA tensors are refused until the CUDA kernels land.
-void require_host(const Tensor& t, const char* name) {
-  if (!t.device().is_cpu())
-    fail(code::kUnsupported, name, " is on ", t.device().name(),
-         ": this op runs on the CPU backend in this version; move the tensor with .to('cpu')");
+// Every tensor of an op lives on the op's device (the device of its first input).
+void require_on(const Tensor& t, Device dev, const char* name) {
+  if (!(t.device() == dev))
+    fail(code::kInvalidArgument, name, " is on ", t.device().name(), " but this op runs on ", dev.name(),
+         " (the device of its first input): move tensors with .to()");
 }
+void require_on(const std::optional<Tensor>& t, Device dev, const char* name) {
+  if (t) require_on(*t, dev, name);
+}
+
+// Runs fn(stream) for the device: inline on the CPU (stream null), or as the CUDA device's
+// worker with its stream (outputs allocated inside fn land on that device).
+void run_on(Device dev, const std::function<void(void*)>& fn) {
+  if (dev.is_cpu())
+    fn(nullptr);
+  else
+    cuda::run_on_device(dev.index, [&] { fn(cuda::current_stream()); });
+}
+
 const void* data_or_null(const std::optional<Tensor>& t) { return t ? t->data() : nullptr; }
 
-// Second line of defence behind lib/: a tensor's exact shape (and that it is on the host).
+// Second line of defence behind lib/: a tensor's exact shape.
 void require_shape(const Tensor& t, const std::vector<int64_t>& shape, const char* name) {
-  require_host(t, name);
   MOEKIT_REQUIRE(t.shape == shape, name, " must have shape ", shape_string(shape), ", got ", shape_string(t.shape));
 }
 void require_shape(const std::optional<Tensor>& t, const std::vector<int64_t>& shape, const char* name) {
@@ -101,7 +120,9 @@ Napi::Value gating_op(const Napi::CallbackInfo& info) {
     const Tensor logits = req_tensor(env, o, "logits");
     const std::optional<Tensor> logit_bias = opt_tensor(env, o, "logitBias");
     const std::optional<Tensor> correction_bias = opt_tensor(env, o, "correctionBias");
-    require_host(logits, "logits");
+    const Device dev = logits.device();
+    require_on(logit_bias, dev, "logitBias");
+    require_on(correction_bias, dev, "correctionBias");
     GatingParams g = gating_options(o);
     g.tokens = dim_of(logits, 2, 0, "logits");
     MOEKIT_REQUIRE(logits.shape[1] == g.experts + g.null_experts, "logits must have experts + nullExperts = ",
@@ -113,10 +134,10 @@ Napi::Value gating_op(const Napi::CallbackInfo& info) {
     auto out = std::make_shared<std::array<Tensor, 3>>();
     return Job::start(
         env, "moekit.gating",
-        [g, logits, logit_bias, correction_bias, out]() mutable {
-          (*out)[0] = Tensor::empty(DType::kI32, {g.tokens, g.k}, Device{});
-          (*out)[1] = Tensor::empty(DType::kF32, {g.tokens, g.k}, Device{});
-          (*out)[2] = Tensor::empty(DType::kI32, {g.experts}, Device{});
+        [g, logits, logit_bias, correction_bias, out, dev]() mutable { run_on(dev, [&](void* stream) {
+          (*out)[0] = Tensor::empty(DType::kI32, {g.tokens, g.k}, dev);
+          (*out)[1] = Tensor::empty(DType::kF32, {g.tokens, g.k}, dev);
+          (*out)[2] = Tensor::empty(DType::kI32, {g.experts}, dev);
           g.logits = logits.data();
           g.logits_dtype = logits.dtype;
           g.logit_bias = logit_bias ? logit_bias->as<float>() : nullptr;
@@ -124,8 +145,11 @@ Napi::Value gating_op(const Napi::CallbackInfo& info) {
           g.ids = (*out)[0].as<int32_t>();
           g.weights = (*out)[1].as<float>();
           g.load = (*out)[2].as<int32_t>();
-          cpu::gating(g);
-        },
+          if (dev.is_cpu())
+            cpu::gating(g);
+          else
+            cuda::gating(g, stream);
+        }); },
         [out](Napi::Env e) -> Napi::Value {
           Napi::Array a = Napi::Array::New(e, 3);
           for (uint32_t i = 0; i < 3; ++i) a.Set(i, NativeTensor::wrap(e, std::move((*out)[i])));
@@ -140,7 +164,7 @@ Napi::Value dispatch_op(const Napi::CallbackInfo& info) {
   return guarded(env, [&]() -> Napi::Value {
     Napi::Object o = info[0].As<Napi::Object>();
     const Tensor ids = req_tensor(env, o, "ids");
-    require_host(ids, "ids");
+    const Device dev = ids.device();
     require_dtype(ids, DType::kI32, "ids");
     DispatchParams d;
     d.tokens = dim_of(ids, 2, 0, "ids");
@@ -156,23 +180,32 @@ Napi::Value dispatch_op(const Napi::CallbackInfo& info) {
     auto out = std::make_shared<std::array<Tensor, 5>>();
     return Job::start(
         env, "moekit.dispatch",
-        [d, ids, out]() mutable {
+        [d, ids, out, dev]() mutable { run_on(dev, [&](void* stream) {
           const int64_t max_rows = dispatch_max_rows(d.tokens, d.k, d.experts, d.block_size);
-          (*out)[0] = Tensor::empty(DType::kI32, {d.experts}, Device{});
-          (*out)[1] = Tensor::empty(DType::kI32, {d.experts + 1}, Device{});
-          (*out)[2] = Tensor::empty(DType::kI32, {max_rows}, Device{});
-          (*out)[3] = Tensor::empty(DType::kI32, {d.tokens, d.k}, Device{});
-          (*out)[4] = Tensor::empty(DType::kI64, {1}, Device{});
+          (*out)[0] = Tensor::empty(DType::kI32, {d.experts}, dev);
+          (*out)[1] = Tensor::empty(DType::kI32, {d.experts + 1}, dev);
+          (*out)[2] = Tensor::empty(DType::kI32, {max_rows}, dev);
+          (*out)[3] = Tensor::empty(DType::kI32, {d.tokens, d.k}, dev);
+          (*out)[4] = Tensor::empty(DType::kI64, {1}, dev);
           d.ids = ids.as<int32_t>();
           d.counts = (*out)[0].as<int32_t>();
           d.offsets = (*out)[1].as<int32_t>();
           d.sorted_pairs = (*out)[2].as<int32_t>();
           d.pair_to_row = (*out)[3].as<int32_t>();
           d.dropped = (*out)[4].as<int64_t>();
-          cpu::dispatch(d);
+          int32_t rows_used = 0;
+          if (dev.is_cpu()) {
+            cpu::dispatch(d);
+            rows_used = d.offsets[d.experts];
+          } else {
+            cuda::dispatch(d, stream);
+            // NOTE: the standalone op reads back the row count to size its result; the layer
+            // forward never does (it works on the upper bound of rows).
+            cuda::copy(dev.index, &rows_used, d.offsets + d.experts, sizeof(int32_t), cuda::CopyKind::kDeviceToHost);
+          }
           // Trim the row list to the rows actually used.
-          (*out)[2].shape = {static_cast<int64_t>(d.offsets[d.experts])};
-        },
+          (*out)[2].shape = {static_cast<int64_t>(rows_used)};
+        }); },
         [out](Napi::Env e) -> Napi::Value {
           Napi::Array a = Napi::Array::New(e, 5);
           for (uint32_t i = 0; i < 5; ++i) a.Set(i, NativeTensor::wrap(e, std::move((*out)[i])));
@@ -191,7 +224,13 @@ Napi::Value grouped_gemm_op(const Napi::CallbackInfo& info) {
     const Tensor w = req_tensor(env, o, "w");
     const std::optional<Tensor> w_up = opt_tensor(env, o, "wUp"), bias = opt_tensor(env, o, "bias"),
                                 bias_up = opt_tensor(env, o, "biasUp"), row_scale = opt_tensor(env, o, "rowScale");
-    for (const Tensor* t : {&x, &offsets, &w}) require_host(*t, "grouped GEMM operands");
+    const Device dev = x.device();
+    require_on(offsets, dev, "offsets");
+    require_on(w, dev, "w");
+    require_on(w_up, dev, "wUp");
+    require_on(bias, dev, "bias");
+    require_on(bias_up, dev, "biasUp");
+    require_on(row_scale, dev, "rowScale");
     require_dtype(x, DType::kF32, "x");
     require_dtype(offsets, DType::kI32, "offsets");
     GroupedGemmParams g;
@@ -218,8 +257,8 @@ Napi::Value grouped_gemm_op(const Napi::CallbackInfo& info) {
     auto y = std::make_shared<Tensor>();
     return Job::start(
         env, "moekit.groupedGemm",
-        [g, x, offsets, w, w_up, bias, bias_up, row_scale, n_out, y]() mutable {
-          *y = Tensor::empty(DType::kF32, {g.rows, n_out}, Device{});
+        [g, x, offsets, w, w_up, bias, bias_up, row_scale, n_out, y, dev]() mutable { run_on(dev, [&](void* stream) {
+          *y = Tensor::empty(DType::kF32, {g.rows, n_out}, dev);
           g.x = x.as<float>();
           g.offsets = offsets.as<int32_t>();
           g.w = w.data();
@@ -229,8 +268,11 @@ Napi::Value grouped_gemm_op(const Napi::CallbackInfo& info) {
           g.bias_up = data_or_null(bias_up);
           g.row_scale = row_scale ? row_scale->as<float>() : nullptr;
           g.y = y->as<float>();
-          cpu::grouped_gemm(g);
-        },
+          if (dev.is_cpu())
+            cpu::grouped_gemm(g);
+          else
+            cuda::grouped_gemm(g, stream);
+        }); },
         [y](Napi::Env e) -> Napi::Value { return NativeTensor::wrap(e, std::move(*y)); });
   });
 }
@@ -243,8 +285,10 @@ Napi::Value combine_op(const Napi::CallbackInfo& info) {
     const Tensor y = req_tensor(env, o, "y");
     const Tensor pair_to_row = req_tensor(env, o, "pairToRow");
     const std::optional<Tensor> weights = opt_tensor(env, o, "weights"), shared = opt_tensor(env, o, "shared");
-    require_host(y, "y");
-    require_host(pair_to_row, "pairToRow");
+    const Device dev = y.device();
+    require_on(pair_to_row, dev, "pairToRow");
+    require_on(weights, dev, "weights");
+    require_on(shared, dev, "shared");
     require_dtype(y, DType::kF32, "y");
     require_dtype(pair_to_row, DType::kI32, "pairToRow");
     CombineParams c;
@@ -257,15 +301,18 @@ Napi::Value combine_op(const Napi::CallbackInfo& info) {
     auto out = std::make_shared<Tensor>();
     return Job::start(
         env, "moekit.combine",
-        [c, y, pair_to_row, weights, shared, out]() mutable {
-          *out = Tensor::empty(DType::kF32, {c.tokens, c.hidden}, Device{});
+        [c, y, pair_to_row, weights, shared, out, dev]() mutable { run_on(dev, [&](void* stream) {
+          *out = Tensor::empty(DType::kF32, {c.tokens, c.hidden}, dev);
           c.y = y.as<float>();
           c.pair_to_row = pair_to_row.as<int32_t>();
           c.weights = weights ? weights->as<float>() : nullptr;
           c.shared = shared ? shared->as<float>() : nullptr;
           c.out = out->as<float>();
-          cpu::combine(c);
-        },
+          if (dev.is_cpu())
+            cpu::combine(c);
+          else
+            cuda::combine(c, stream);
+        }); },
         [out](Napi::Env e) -> Napi::Value { return NativeTensor::wrap(e, std::move(*out)); });
   });
 }
@@ -279,11 +326,11 @@ Napi::Value moe_layer_forward_op(const Napi::CallbackInfo& info) {
   return guarded(env, [&]() -> Napi::Value {
     Napi::Object o = info[0].As<Napi::Object>();
     const Tensor x = req_tensor(env, o, "x");
-    require_host(x, "x");
+    const Device dev = x.device();
     std::vector<std::optional<Tensor>> held;  // keeps every storage alive for the job
     auto take = [&](const char* name) -> size_t {
       held.push_back(opt_tensor(env, o, name));
-      if (held.back()) require_host(*held.back(), name);
+      require_on(held.back(), dev, name);
       return held.size() - 1;
     };
     const size_t router_w = take("routerW"), router_b = take("routerB"), w_in = take("wIn"), w_in_up = take("wInUp"),
@@ -311,13 +358,13 @@ Napi::Value moe_layer_forward_op(const Napi::CallbackInfo& info) {
     return Job::start(
         env, "moekit.moeLayerForward",
         [p, x, held, out, router_w, router_b, w_in, w_in_up, b_in, b_in_up, w_out, b_out, s_in, s_in_up, s_out,
-         s_gate, f_ids, f_w, corr, layout_in, layout_out]() mutable {
+         s_gate, f_ids, f_w, corr, layout_in, layout_out, dev]() mutable { run_on(dev, [&](void* stream) {
           const int64_t T = p.tokens, K = p.gating.k;
-          (*out)[0] = Tensor::empty(p.y_dtype, {T, p.hidden}, Device{});
-          (*out)[1] = Tensor::empty(DType::kI32, {T, K}, Device{});
-          (*out)[2] = Tensor::empty(DType::kF32, {T, K}, Device{});
-          (*out)[3] = Tensor::empty(DType::kI32, {p.experts}, Device{});
-          (*out)[4] = Tensor::empty(DType::kI64, {1}, Device{});
+          (*out)[0] = Tensor::empty(p.y_dtype, {T, p.hidden}, dev);
+          (*out)[1] = Tensor::empty(DType::kI32, {T, K}, dev);
+          (*out)[2] = Tensor::empty(DType::kF32, {T, K}, dev);
+          (*out)[3] = Tensor::empty(DType::kI32, {p.experts}, dev);
+          (*out)[4] = Tensor::empty(DType::kI64, {1}, dev);
           p.x = x.data();
           p.router_w = weight_ref(held[router_w]);
           p.router_b = weight_ref(held[router_b]);
@@ -339,8 +386,11 @@ Napi::Value moe_layer_forward_op(const Napi::CallbackInfo& info) {
           p.weights = (*out)[2].as<float>();
           p.load = (*out)[3].as<int32_t>();
           p.dropped = (*out)[4].as<int64_t>();
-          cpu::moe_layer_forward(p);
-        },
+          if (dev.is_cpu())
+            cpu::moe_layer_forward(p);
+          else
+            cuda::moe_layer_forward(p, stream);
+        }); },
         [out](Napi::Env e) -> Napi::Value {
           Napi::Array a = Napi::Array::New(e, 5);
           for (uint32_t i = 0; i < 5; ++i) a.Set(i, NativeTensor::wrap(e, std::move((*out)[i])));

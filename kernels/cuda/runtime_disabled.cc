@@ -1,7 +1,13 @@
 // The CUDA runtime interface for builds without nvcc: every call reports that this
 // binary was built without the CUDA backend.
 #include "kernels/common/error.h"
+#include "kernels/cuda/combine.h"
+#include "kernels/cuda/convert.h"
 #include "kernels/cuda/cuda_runtime.h"
+#include "kernels/cuda/dispatch.h"
+#include "kernels/cuda/gating.h"
+#include "kernels/cuda/grouped_gemm.h"
+#include "kernels/cuda/moe_layer.h"
 
 namespace moekit::cuda {
 
@@ -29,5 +35,16 @@ void* current_stream() { not_compiled(); }
 void* device_alloc(int32_t, int64_t) { not_compiled(); }
 void device_free(int32_t, void*) {}
 void copy(int32_t, void*, const void*, int64_t, CopyKind) { not_compiled(); }
+
+// The CUDA kernel families: unreachable without a device (run_on_device refuses first),
+// defined so the CPU-only build links.
+void gating(const GatingParams&, void*) { not_compiled(); }
+void dispatch(const DispatchParams&, void*) { not_compiled(); }
+void permute_rows(const PermuteParams&, void*) { not_compiled(); }
+void combine(const CombineParams&, void*) { not_compiled(); }
+void grouped_gemm(const GroupedGemmParams&, void*) { not_compiled(); }
+void moe_layer_forward(const MoELayerParams&, void*) { not_compiled(); }
+void convert_to_f32(DType, const void*, float*, int64_t, void*) { not_compiled(); }
+void convert_from_f32(DType, const float*, void*, int64_t, void*) { not_compiled(); }
 
 }  // namespace moekit::cuda
