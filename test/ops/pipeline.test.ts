@@ -58,12 +58,13 @@ describe('dispatch() matches the reference exactly', () => {
 const ACTS: Activation[] = ['none', 'swiglu', 'swiglu-interleaved', 'gpt-oss-swiglu', 'geglu', 'gelu', 'relu', 'silu', 'gelu-tanh'];
 
 describe('groupedGemm() matches the reference within float32 accumulation error', () => {
-  const cases: { name: string; dtype: 'f32' | 'bf16' | 'f16'; layout: WeightLayout; sep?: boolean; bias?: boolean; rowScale?: boolean }[] = [
+  const cases: { name: string; dtype: 'f32' | 'bf16' | 'f16'; layout: WeightLayout; sep?: boolean; bias?: boolean; upBiasOnly?: boolean; rowScale?: boolean }[] = [
     { name: 'f32 [E,N,K]', dtype: 'f32', layout: 'enk' },
     { name: 'bf16 [E,N,K] with bias', dtype: 'bf16', layout: 'enk', bias: true },
     { name: 'f16 [E,K,N] with bias and row scale', dtype: 'f16', layout: 'ekn', bias: true, rowScale: true },
     { name: 'bf16 [E,K,N]', dtype: 'bf16', layout: 'ekn' },
     { name: 'bf16 separate gate and up with biases', dtype: 'bf16', layout: 'enk', sep: true, bias: true },
+    { name: 'f32 separate gate and up with only an up bias', dtype: 'f32', layout: 'enk', sep: true, upBiasOnly: true },
   ];
   for (const c of cases) {
     test(c.name, async () => {
@@ -81,7 +82,7 @@ describe('groupedGemm() matches the reference within float32 accumulation error'
           const w = round(Float64Array.from({ length: E * N * K }, () => rng.normal(0, 1 / Math.sqrt(K))));
           const wUp = c.sep ? round(Float64Array.from({ length: E * N * K }, () => rng.normal(0, 1 / Math.sqrt(K)))) : undefined;
           const bias = c.bias ? round(Float64Array.from({ length: E * N }, () => rng.normal(0, 0.5))) : undefined;
-          const biasUp = c.bias && c.sep ? round(Float64Array.from({ length: E * N }, () => rng.normal(0, 0.5))) : undefined;
+          const biasUp = (c.bias || c.upBiasOnly) && c.sep ? round(Float64Array.from({ length: E * N }, () => rng.normal(0, 0.5))) : undefined;
           const rowScale = c.rowScale ? roundTo(Float64Array.from({ length: rows }, () => rng.uniform(0, 2)), 'f32') : undefined;
           const ref = refGroupedGemm({ x, offsets, rows, experts: E, n: N, k: K, w, layout: c.layout, wUp, bias, biasUp, activation: act, rowScale });
           // Magnitude of each pre-activation output, for the error bound.
