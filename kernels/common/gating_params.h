@@ -64,4 +64,7 @@ struct GatingParams {
   int32_t* load = nullptr;  // [experts] out; number of (token, slot) pairs routed to each expert
 };
 
+// Checks p against the rules above (ERR_INVALID_ARGUMENT); shared by every backend.
+void check_gating_params(const GatingParams& p);
+
 }  // namespace moekit

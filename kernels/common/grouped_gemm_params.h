@@ -57,4 +57,8 @@ struct GroupedGemmParams {
   float* y = nullptr;  // [rows, N_out] float32 out
 };
 
+// Checks sizes, dtype, layout and activation (not offsets, which may live on a device);
+// ERR_INVALID_ARGUMENT. Shared by every backend.
+void check_grouped_gemm_shape(const GroupedGemmParams& p);
+
 }  // namespace moekit

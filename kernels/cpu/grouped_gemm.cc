@@ -462,26 +462,7 @@ float* thread_scratch(int64_t floats) {
 }
 
 void validate(const GroupedGemmParams& p) {
-  MOEKIT_REQUIRE(p.rows >= 0, "grouped_gemm: rows must be >= 0, got ", p.rows);
-  MOEKIT_REQUIRE(p.experts >= 0, "grouped_gemm: experts must be >= 0, got ", p.experts);
-  MOEKIT_REQUIRE(p.n > 0 && p.k > 0, "grouped_gemm: n and k must be positive, got n=", p.n, " k=", p.k);
-  MOEKIT_REQUIRE(p.n <= (int64_t{1} << 40) / p.k, "grouped_gemm: n*k too large");
-  MOEKIT_REQUIRE(p.w_dtype == DType::kF32 || p.w_dtype == DType::kBF16 || p.w_dtype == DType::kF16,
-                 "grouped_gemm: weight dtype must be f32, bf16 or f16, got ", dtype_name(p.w_dtype));
-  MOEKIT_REQUIRE(p.layout == WeightLayout::kENK || p.layout == WeightLayout::kEKN,
-                 "grouped_gemm: unknown weight layout ", static_cast<int>(p.layout));
-  const int act = static_cast<int>(p.activation);
-  MOEKIT_REQUIRE(act >= 0 && act <= static_cast<int>(Activation::kGeluTanh), "grouped_gemm: unknown activation ",
-                 act);
-  if (p.w_up != nullptr) {
-    MOEKIT_REQUIRE(p.activation == Activation::kSwiGLU || p.activation == Activation::kGeGLU,
-                   "grouped_gemm: a separate up weight needs activation swiglu or geglu");
-  } else {
-    MOEKIT_REQUIRE(p.bias_up == nullptr, "grouped_gemm: bias_up given without w_up");
-    if (activation_is_glu(p.activation)) {
-      MOEKIT_REQUIRE(p.n % 2 == 0, "grouped_gemm: a GLU activation needs an even n, got ", p.n);
-    }
-  }
+  check_grouped_gemm_shape(p);
   if (p.experts == 0) return;
   MOEKIT_REQUIRE(p.offsets != nullptr, "grouped_gemm: offsets is null");
   MOEKIT_REQUIRE(p.offsets[0] >= 0, "grouped_gemm: offsets[0] must be >= 0, got ", p.offsets[0]);
