@@ -53,11 +53,11 @@ const COMMANDS: Record<string, { values: string[]; switches: string[]; required:
 };
 
 function parse(argv: string[]): Parsed | 'help' {
-  if (argv.length === 0) throw new UsageError('no command given (run-layer or layers; see moekit --help)');
+  if (argv.length === 0) throw new UsageError('no command given (run-layer, layers or cache-sim; see moekit --help)');
   if (argv.includes('--help') || argv.includes('-h') || argv[0] === 'help') return 'help';
   const [command, ...rest] = argv;
   const spec = COMMANDS[command];
-  if (spec === undefined) throw new UsageError(`unknown command ${JSON.stringify(command)} (commands: ${Object.keys(COMMANDS).join(', ')}; see moekit --help)`);
+  if (spec === undefined) throw new UsageError(`unknown command ${JSON.stringify(command)} (commands: ${[...Object.keys(COMMANDS), 'cache-sim'].join(', ')}; see moekit --help)`);
   const flags = new Map<string, string | true>();
   for (let i = 0; i < rest.length; i++) {
     const arg = rest[i];
