@@ -6,6 +6,14 @@
 // (k = max_k for top-p, k = experts for expert-choice). Slots a token does not use
 // (top-p below max_k, a null expert, expert-choice) hold id -1 and weight 0.
 // Ties always break toward the lower expert id.
+//
+// NaN and infinite logits (one behaviour on every backend): ±Infinity logits (after
+// the logit bias) are clamped to ±FLT_MAX. A NaN logit ranks after every number, so
+// it is never selected ahead of one; it takes no part in a softmax (its probability
+// is NaN and the other entries are normalised without it) and counts 0 in Sinkhorn's
+// balancing. A row with fewer than k selectable numbers fills its remaining slots
+// with the lowest unused ids, and every slot whose weight would be NaN gets weight 0
+// (before renormalisation).
 #pragma once
 
 #include <cstdint>

@@ -94,6 +94,11 @@ void read_logits_row(const GatingParams& p, int64_t t, int64_t cols, float* x) {
   if (p.logit_bias != nullptr) {
     for (int64_t c = 0; c < cols; ++c) x[c] += p.logit_bias[c];
   }
+  // Infinite logits are clamped to the largest finite float (see gating_params.h).
+  constexpr float kMax = std::numeric_limits<float>::max();
+  for (int64_t c = 0; c < cols; ++c) {
+    if (std::isinf(x[c])) x[c] = x[c] > 0 ? kMax : -kMax;
+  }
 }
 
 // out: [n] <- softmax of x[0, n) (max subtracted; float32 exp; double sum).
@@ -105,8 +110,8 @@ void softmax(const float* x, int64_t n, float* out) {
   }
   double sum = 0.0;
   for (int64_t i = 0; i < n; ++i) {
-    out[i] = std::exp(x[i] - m);
-    sum += out[i];
+    out[i] = std::exp(x[i] - m);     // NaN stays NaN
+    if (!std::isnan(out[i])) sum += out[i];  // NaN entries take no part in the sum
   }
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(static_cast<double>(out[i]) / sum);
 }
@@ -137,13 +142,15 @@ void write_row(const GatingParams& p, const int32_t* sel, const float* w, int32_
                float* weights_row) {
   const int64_t k = p.k;
   float scale = p.routed_scaling;
+  // A slot picked with a NaN score (a row with fewer than k numbers) has weight 0.
+  auto weight = [w](int64_t s) { return std::isnan(w[s]) ? 0.0f : w[s]; };
   if (p.renormalize) {
     float sum = 0.0f;
-    for (int64_t s = 0; s < k; ++s) sum += w[s];
+    for (int64_t s = 0; s < k; ++s) sum += weight(s);
     const float denom = sum + kRenormEps;
-    for (int64_t s = 0; s < k; ++s) weights_row[s] = w[s] / denom * scale;
+    for (int64_t s = 0; s < k; ++s) weights_row[s] = weight(s) / denom * scale;
   } else {
-    for (int64_t s = 0; s < k; ++s) weights_row[s] = w[s] * scale;
+    for (int64_t s = 0; s < k; ++s) weights_row[s] = weight(s) * scale;
   }
   for (int64_t s = 0; s < k; ++s) {
     if (sel[s] < 0 || sel[s] >= p.experts) {
@@ -302,7 +309,7 @@ void route_expert_choice(const GatingParams& p) {
       for (int64_t i = 0; i < C; ++i) p.ids[order[i] * E + e] = static_cast<int32_t>(e);
       for (int64_t t = 0; t < T; ++t) {
         float& wt = p.weights[t * E + e];
-        wt = p.ids[t * E + e] == e ? wt * p.routed_scaling : 0.0f;
+        wt = p.ids[t * E + e] == e && !std::isnan(wt) ? wt * p.routed_scaling : 0.0f;
       }
       p.load[e] = static_cast<int32_t>(C);
     }
@@ -338,7 +345,8 @@ void route_sinkhorn(const GatingParams& p) {
           }
           double* row = P.data() + t * E;
           for (int64_t e = 0; e < E; ++e) {
-            row[e] = std::exp(static_cast<double>(x[e]) - static_cast<double>(m));
+            // A NaN logit counts 0 in the balancing (it never wins a top-k on P = 0).
+            row[e] = std::isnan(x[e]) ? 0.0 : std::exp(static_cast<double>(x[e]) - static_cast<double>(m));
             part[e] += row[e];
           }
         }
@@ -357,11 +365,13 @@ void route_sinkhorn(const GatingParams& p) {
           for (int64_t t = b * kSinkhornBlock; t < std::min(T, (b + 1) * kSinkhornBlock); ++t) {
             double* row = P.data() + t * E;
             double rowsum = 0.0;
+            // A zero sum (an all-NaN row, or a column nothing reaches) is left undivided.
             for (int64_t e = 0; e < E; ++e) {
-              row[e] /= colsum[e];
+              if (colsum[e] != 0.0) row[e] /= colsum[e];
               rowsum += row[e];
             }
-            for (int64_t e = 0; e < E; ++e) row[e] /= rowsum;
+            if (rowsum != 0.0)
+              for (int64_t e = 0; e < E; ++e) row[e] /= rowsum;
             if (!last) {
               for (int64_t e = 0; e < E; ++e) part[e] += row[e];
             }

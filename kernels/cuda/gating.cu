@@ -14,6 +14,8 @@
 //   sinkhorn_*_kernel     initial matrix, blocked column sums, row normalisation.
 #include <cuda_runtime.h>
 
+#include <cfloat>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -74,6 +76,7 @@ __device__ __forceinline__ float load_logit(const GatingParams& p, int64_t t, in
     default: x = static_cast<const float*>(p.logits)[i]; break;
   }
   if (p.logit_bias != nullptr) x = __fadd_rn(x, p.logit_bias[c]);
+  if (isinf(x)) x = x > 0.0f ? FLT_MAX : -FLT_MAX;  // as the CPU: infinities clamped
   return x;
 }
 
@@ -206,7 +209,8 @@ __device__ void block_softmax(float* x, int64_t n, Reduce& r) {
   __syncthreads();
   if (threadIdx.x == 0) {
     double sum = 0.0;
-    for (int64_t j = 0; j < n; ++j) sum = __dadd_rn(sum, static_cast<double>(x[j]));
+    for (int64_t j = 0; j < n; ++j)
+      if (!isnan(x[j])) sum = __dadd_rn(sum, static_cast<double>(x[j]));  // NaN entries left out, as the CPU
     r.scalar_d = sum;
   }
   __syncthreads();
@@ -255,9 +259,10 @@ struct RowLayout {
 // order; null-expert and unused slots become (-1, 0); routed_scaling applies last.
 __device__ void write_row(const GatingParams& p, int64_t t, const int32_t* sel, const float* w, Reduce& r) {
   const int64_t k = p.k;
+  // A slot picked with a NaN score has weight 0 (as the CPU's write_row).
   if (p.renormalize && threadIdx.x == 0) {
     float sum = 0.0f;
-    for (int64_t s = 0; s < k; ++s) sum = __fadd_rn(sum, w[s]);
+    for (int64_t s = 0; s < k; ++s) sum = __fadd_rn(sum, isnan(w[s]) ? 0.0f : w[s]);
     r.scalar_f = __fadd_rn(sum, kRenormEps);
   }
   __syncthreads();
@@ -265,7 +270,8 @@ __device__ void write_row(const GatingParams& p, int64_t t, const int32_t* sel, 
   const float scale = p.routed_scaling;
   for (int64_t s = threadIdx.x; s < k; s += blockDim.x) {
     int32_t id = sel[s];
-    float ws = p.renormalize ? __fmul_rn(__fdiv_rn(w[s], denom), scale) : __fmul_rn(w[s], scale);
+    const float wv = isnan(w[s]) ? 0.0f : w[s];
+    float ws = p.renormalize ? __fmul_rn(__fdiv_rn(wv, denom), scale) : __fmul_rn(wv, scale);
     if (id < 0 || id >= p.experts) {
       id = -1;
       ws = 0.0f;
@@ -371,7 +377,7 @@ __global__ void route_rows_kernel(GatingParams p, RowLayout layout, const double
           double sum = 0.0;
           for (int64_t i = 0; i < k; ++i) {
             w[i] = exp_f32(__fsub_rn(score[sel[i]], m));
-            sum = __dadd_rn(sum, static_cast<double>(w[i]));
+            if (!isnan(w[i])) sum = __dadd_rn(sum, static_cast<double>(w[i]));
           }
           for (int64_t i = 0; i < k; ++i) w[i] = __double2float_rn(__ddiv_rn(static_cast<double>(w[i]), sum));
         }
@@ -493,7 +499,7 @@ __global__ void expert_choice_kernel(GatingParams p, int64_t capacity) {
       float* wt = p.weights + t * E + e;
       const bool take = !none && expert_choice_key(*wt, t) >= threshold;
       if (take) p.ids[t * E + e] = static_cast<int32_t>(e);
-      *wt = take ? __fmul_rn(*wt, p.routed_scaling) : 0.0f;
+      *wt = take && !isnan(*wt) ? __fmul_rn(*wt, p.routed_scaling) : 0.0f;
     }
     if (threadIdx.x == 0) p.load[e] = static_cast<int32_t>(capacity);
     __syncthreads();  // s_prefix / hist reused by the next expert
@@ -519,7 +525,7 @@ __global__ void sinkhorn_init_kernel(GatingParams p, double* __restrict__ P) {
     }
     for (int64_t e = lane; e < E; e += kWarp) {
       const double x = static_cast<double>(load_logit(p, t, E, e));
-      P[t * E + e] = exp(__dsub_rn(x, static_cast<double>(m)));
+      P[t * E + e] = isnan(x) ? 0.0 : exp(__dsub_rn(x, static_cast<double>(m)));  // as the CPU
     }
   }
 }
@@ -563,11 +569,15 @@ __global__ void sinkhorn_rows_kernel(double* __restrict__ P, const double* __res
     double* row = P + t * E;
     double rowsum = 0.0;
     if (lane == 0) {
-      for (int64_t e = 0; e < E; ++e) rowsum = __dadd_rn(rowsum, __ddiv_rn(row[e], colsum[e]));
+      // A zero sum is left undivided, as the CPU.
+      for (int64_t e = 0; e < E; ++e) rowsum = __dadd_rn(rowsum, colsum[e] != 0.0 ? __ddiv_rn(row[e], colsum[e]) : row[e]);
     }
     __syncwarp();  // lane 0's reads of the row come before the other lanes' writes
     rowsum = __shfl_sync(kFullMask, rowsum, 0);
-    for (int64_t e = lane; e < E; e += kWarp) row[e] = __ddiv_rn(__ddiv_rn(row[e], colsum[e]), rowsum);
+    for (int64_t e = lane; e < E; e += kWarp) {
+      const double v = colsum[e] != 0.0 ? __ddiv_rn(row[e], colsum[e]) : row[e];
+      row[e] = rowsum != 0.0 ? __ddiv_rn(v, rowsum) : v;
+    }
   }
 }
 

@@ -63,6 +63,25 @@ describeGpu('CUDA ops match the CPU backend', () => {
     });
   }
 
+  test('NaN and ±Infinity logits give the CPU backend's ids and weights in every mode', async () => {
+    const rng = new Rng(seed ^ 0x4a4e);
+    const [T, E, k] = [257, 64, 4];
+    const x = awkwardMatrix(rng, T, E);
+    for (let i = 0; i < x.length; i++) {
+      const u = rng.uniform();
+      if (u < 0.15) x[i] = NaN;
+      else if (u < 0.18) x[i] = rng.uniform() < 0.5 ? Infinity : -Infinity;
+    }
+    const host = Tensor.from(Float32Array.from(x), [T, E]);
+    const dev = await host.to('cuda');
+    for (const opts of [{}, { renormalize: true }, { scoring: 'sigmoid' as const }, { selection: 'top-p' as const, topP: 0.8 }, { selection: 'topk-logits-softmax' as const }, { selection: 'sinkhorn' as const, sinkhornIters: 2 }, { selection: 'expert-choice' as const, capacityFactor: 1.5, choiceK: 2 }]) {
+      const [c, g] = await both(async (d) => gate(d === 'cpu' ? host : dev, { ...opts, k }));
+      expect([JSON.stringify(opts), await ints(g.ids)]).toEqual([JSON.stringify(opts), await ints(c.ids)]);
+      const [cw, gw] = [await c.weights.toFloat32(), await g.weights.toFloat32()];
+      for (let i = 0; i < cw.length; i++) expect(Math.abs(cw[i] - gw[i])).toBeLessThanOrEqual(1e-5 * Math.max(1, Math.abs(cw[i])));
+    }
+  });
+
   test('dispatch: counts, offsets, rows and drops are identical, including one expert taking most tokens', async () => {
     const rng = new Rng(seed ^ 0xd1);
     for (const E of EXPERTS)

@@ -156,13 +156,14 @@ export function softplus(x: number): number {
 export function softmax(values: ArrayLike<number>): Float64Array {
   const n = values.length;
   const out = new Float64Array(n);
+  // NaN entries take no part: their probability is NaN, the rest are normalised without them.
   let max = -Infinity;
-  for (let i = 0; i < n; i++) max = Math.max(max, values[i] as number);
+  for (let i = 0; i < n; i++) if ((values[i] as number) > max) max = values[i] as number;
   let sum = 0;
   for (let i = 0; i < n; i++) {
     const e = Math.exp((values[i] as number) - max);
     out[i] = e;
-    sum += e;
+    if (!Number.isNaN(e)) sum += e;
   }
   for (let i = 0; i < n; i++) out[i] = (out[i] as number) / sum;
   return out;
@@ -244,8 +245,11 @@ function biasedLogits(logits: ArrayLike<number>, tokens: number, g: ResolvedGati
     throw new Error(`logits: expected ${tokens} x ${g.columns} = ${tokens * g.columns} values, got ${logits.length}`);
   }
   const x = new Float64Array(tokens * g.columns);
+  // Infinities (and float32 overflow of the biased sum) clamp to ±FLT_MAX; NaN stays NaN.
+  const FLT_MAX = 3.4028234663852886e38;
   for (let i = 0; i < x.length; i++) {
-    x[i] = (logits[i] as number) + (g.logitBias ? (g.logitBias[i % g.columns] as number) : 0);
+    const v = (logits[i] as number) + (g.logitBias ? (g.logitBias[i % g.columns] as number) : 0);
+    x[i] = Number.isNaN(v) ? v : Math.max(-FLT_MAX, Math.min(FLT_MAX, v));
   }
   return x;
 }
@@ -288,11 +292,13 @@ function writeSlots(
   weights: Float64Array,
   load: Int32Array,
 ): void {
+  // A slot picked with a NaN score (fewer than k numbers in the row) has weight 0.
+  const clean = raw.map((w) => (Number.isNaN(w) ? 0 : w));
   let sum = 0;
-  for (const w of raw) sum += w;
+  for (const w of clean) sum += w;
   for (let s = 0; s < chosen.length; s++) {
     const id = chosen[s] as number;
-    let w = raw[s] as number;
+    let w = clean[s] as number;
     if (g.renormalize) w = w / (sum + 1e-20);
     const slot = token * g.k + s;
     if (id >= g.experts) {
@@ -435,8 +441,12 @@ export function sinkhornMatrix(x: ArrayLike<number>, tokens: number, columns: nu
   const p = new Float64Array(tokens * columns);
   for (let t = 0; t < tokens; t++) {
     let max = -Infinity;
-    for (let j = 0; j < columns; j++) max = Math.max(max, x[t * columns + j] as number);
-    for (let j = 0; j < columns; j++) p[t * columns + j] = Math.exp((x[t * columns + j] as number) - max);
+    for (let j = 0; j < columns; j++) if ((x[t * columns + j] as number) > max) max = x[t * columns + j] as number;
+    // A NaN logit counts 0 in the balancing.
+    for (let j = 0; j < columns; j++) {
+      const v = x[t * columns + j] as number;
+      p[t * columns + j] = Number.isNaN(v) ? 0 : Math.exp(v - max);
+    }
   }
   for (let it = 0; it < iters; it++) {
     for (let j = 0; j < columns; j++) {
@@ -475,7 +485,7 @@ function expertChoice(scores: Float64Array, tokens: number, g: ResolvedGating, l
     margin[e] = top.gap;
     for (const t of top.chosen) {
       ids[t * E + e] = e;
-      weights[t * E + e] = (column[t] as number) * g.routedScaling;
+      weights[t * E + e] = Number.isNaN(column[t] as number) ? 0 : (column[t] as number) * g.routedScaling;
     }
     load[e] = top.chosen.length;
   }
