@@ -7,6 +7,7 @@
 namespace moekit::cpu {
 
 void convert_to_f32(DType src_type, const void* src, float* dst, int64_t n) {
+  if (n <= 0) return;  // empty tensors may have null data (memcpy of null is undefined)
   switch (src_type) {
     case DType::kF32:
       std::memcpy(dst, src, static_cast<size_t>(n) * 4);
@@ -36,6 +37,7 @@ void convert_to_f32(DType src_type, const void* src, float* dst, int64_t n) {
 }
 
 void convert_from_f32(DType dst_type, const float* src, void* dst, int64_t n) {
+  if (n <= 0 && dtype_is_float(dst_type)) return;
   switch (dst_type) {
     case DType::kF32:
       std::memcpy(dst, src, static_cast<size_t>(n) * 4);

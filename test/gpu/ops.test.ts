@@ -63,7 +63,7 @@ describeGpu('CUDA ops match the CPU backend', () => {
     });
   }
 
-  test('NaN and ±Infinity logits give the CPU backend's ids and weights in every mode', async () => {
+  test('NaN and ±Infinity logits give the ids and weights of the CPU backend in every mode', async () => {
     const rng = new Rng(seed ^ 0x4a4e);
     const [T, E, k] = [257, 64, 4];
     const x = awkwardMatrix(rng, T, E);
