@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/common/error.h"
+#include "kernels/common/ranking.h"
 #include "kernels/cpu/thread_pool.h"
 
 // Precision: logits are read as float32 and scores (softmax, sigmoid, sqrt-softplus)
@@ -28,19 +29,6 @@ constexpr int64_t kSinkhornBlock = 64;  // rows per fixed Sinkhorn column-sum bl
 // partial sort (O(E log k)) is used instead.
 constexpr int64_t kInsertionTopkMax = 32;
 constexpr float kRenormEps = 1e-20f;
-
-// The ranking order: true when (a, ia) comes before (b, ib).
-template <typename T>
-inline bool ranks_before(T a, int64_t ia, T b, int64_t ib) {
-  const bool a_nan = std::isnan(a);
-  const bool b_nan = std::isnan(b);
-  if (a_nan || b_nan) {
-    if (a_nan && b_nan) return ia < ib;
-    return b_nan;
-  }
-  if (a != b) return a > b;
-  return ia < ib;
-}
 
 // Indices of the k best entries of v[0, n) (1 <= k <= n), best first.
 // out: [k]; scratch: [n], used only when k > kInsertionTopkMax.

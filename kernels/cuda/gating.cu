@@ -22,6 +22,7 @@
 #include <limits>
 
 #include "kernels/common/error.h"
+#include "kernels/common/ranking.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/gating.h"
 
@@ -37,19 +38,6 @@ constexpr int64_t kSinkhornBlock = 64;  // must equal the CPU's fixed column-sum
 // ---------------------------------------------------------------------------------
 // Device helpers
 // ---------------------------------------------------------------------------------
-
-// The ranking order of the CPU file: true when (a, ia) comes before (b, ib).
-template <typename T>
-__device__ __forceinline__ bool ranks_before(T a, int32_t ia, T b, int32_t ib) {
-  const bool a_nan = a != a;
-  const bool b_nan = b != b;
-  if (a_nan || b_nan) {
-    if (a_nan && b_nan) return ia < ib;
-    return b_nan;
-  }
-  if (a != b) return a > b;
-  return ia < ib;
-}
 
 // As ranks_before, with id < 0 meaning "no candidate" (ranks after everything).
 template <typename T>
