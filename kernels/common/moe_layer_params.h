@@ -65,4 +65,28 @@ struct MoELayerParams {
   int64_t* dropped = nullptr;  // [1]
 };
 
+// The grouped GEMM of one dense projection over every row (a single "expert" whose
+// group is rows [0, rows), given by `offsets` = {0, rows} on the backend's device):
+// y = act(x . W^T + b) (* row_scale). Used for the router and the shared experts.
+inline GroupedGemmParams dense_projection(const float* x, int64_t rows, int64_t in, int64_t out, const WeightRef& w,
+                                          const WeightRef& b, const WeightRef& w_up, Activation act, float* y,
+                                          const float* row_scale, const int32_t* offsets) {
+  GroupedGemmParams g;
+  g.x = x;
+  g.offsets = offsets;
+  g.rows = rows;
+  g.experts = 1;
+  g.n = out;
+  g.k = in;
+  g.w = w.data;
+  g.w_dtype = w.dtype;
+  g.layout = w.layout;
+  g.w_up = w_up.data;
+  g.bias = b.data;
+  g.activation = act;
+  g.row_scale = row_scale;
+  g.y = y;
+  return g;
+}
+
 }  // namespace moekit

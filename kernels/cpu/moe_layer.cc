@@ -21,22 +21,7 @@ namespace {
 void dense(const float* x, int64_t rows, int64_t in, int64_t out, const WeightRef& w, const WeightRef& b,
            const WeightRef& w_up, Activation act, float* y, const float* row_scale = nullptr) {
   const int32_t offsets[2] = {0, static_cast<int32_t>(rows)};
-  GroupedGemmParams g;
-  g.x = x;
-  g.offsets = offsets;
-  g.rows = rows;
-  g.experts = 1;
-  g.n = out;
-  g.k = in;
-  g.w = w.data;
-  g.w_dtype = w.dtype;
-  g.layout = w.layout;
-  g.w_up = w_up.data;
-  g.bias = b.data;
-  g.activation = act;
-  g.row_scale = row_scale;
-  g.y = y;
-  grouped_gemm(g);
+  grouped_gemm(dense_projection(x, rows, in, out, w, b, w_up, act, y, row_scale, offsets));
 }
 
 float score_of(Scoring s, float x) {

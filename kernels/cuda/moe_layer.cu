@@ -134,22 +134,7 @@ unsigned grid_for(int64_t n) {
 void dense(const float* x, int64_t rows, int64_t in, int64_t out, const WeightRef& w, const WeightRef& b,
            const WeightRef& w_up, Activation act, float* y, const float* row_scale, const int32_t* offsets_dev,
            cudaStream_t stream) {
-  GroupedGemmParams g;
-  g.x = x;
-  g.offsets = offsets_dev;
-  g.rows = rows;
-  g.experts = 1;
-  g.n = out;
-  g.k = in;
-  g.w = w.data;
-  g.w_dtype = w.dtype;
-  g.layout = w.layout;
-  g.w_up = w_up.data;
-  g.bias = b.data;
-  g.activation = act;
-  g.row_scale = row_scale;
-  g.y = y;
-  grouped_gemm(g, stream);
+  grouped_gemm(dense_projection(x, rows, in, out, w, b, w_up, act, y, row_scale, offsets_dev), stream);
 }
 
 }  // namespace
