@@ -111,3 +111,24 @@ export function deviceFromName(name: string): Device {
   if (name === 'cpu') return CPU;
   return cudaDevice(Number(name.slice(5)));
 }
+
+/** Memory of a CUDA device, from the driver and from moekit's stream-ordered pool. */
+export interface DeviceMemory {
+  /** Free device memory as the driver reports it (cudaMemGetInfo). */
+  freeBytes: number;
+  totalBytes: number;
+  /** Bytes of moekit's allocations alive in the device's pool (tensors, in-flight scratch). */
+  poolUsedBytes: number;
+  /** Bytes the pool holds from the driver (used + cached for reuse). */
+  poolReservedBytes: number;
+}
+
+/**
+ * Reports a CUDA device's memory; waits for work queued on it first, so frees made by
+ * dispose() or finalizers are counted. ERR_UNSUPPORTED for the CPU.
+ */
+export function deviceMemory(device: string = 'cuda'): DeviceMemory {
+  const d = resolveDevice(device, 'device');
+  if (d.kind !== 'cuda') throw new MoekitError(`deviceMemory reports CUDA device memory; ${d.name} is not a CUDA device`, 'ERR_UNSUPPORTED');
+  return native().deviceMemory(d.index);
+}

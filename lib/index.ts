@@ -4,13 +4,15 @@
  */
 export { MoekitError } from './errors';
 export type { MoekitErrorCode } from './errors';
-export { runtime, resolveDevice } from './device';
-export type { Device, DeviceSpec, Runtime, CudaDeviceInfo } from './device';
+export { runtime, resolveDevice, deviceMemory } from './device';
+export type { Device, DeviceSpec, Runtime, CudaDeviceInfo, DeviceMemory } from './device';
 export type { DType } from './dtype';
 export { Tensor, MAX_READ_BYTES } from './tensor';
 export type { TensorData } from './tensor';
-export { gate, dispatch, groupedGemm, combine, ACTIVATIONS } from './ops';
-export type { Routing, GateOptions, Dispatch, DispatchOptions, GroupedGemmOptions, CombineOptions, Activation, WeightLayout } from './ops';
+export { gate, dispatch, groupedGemm, combine, profileOp, ACTIVATIONS } from './ops';
+export type { Routing, GateOptions, Dispatch, DispatchOptions, GroupedGemmOptions, CombineOptions, Activation, WeightLayout, ProfiledOps } from './ops';
+export { profileCopy } from './profile';
+export type { Profile, ProfileOptions } from './profile';
 export { routingStats, SCORINGS, SELECTIONS } from './routing';
 export type { RoutingOptions, RoutingStats, Scoring, Selection } from './routing';
 export { MoELayer } from './layer';

@@ -11,6 +11,7 @@ import { Family, PresetOptions, preset } from './presets';
 import type { PretrainedOptions } from './pretrained';
 import { ResolvedRouting, RoutingOptions, RoutingStats, correctionBiasFor, encodeRouting, resolveRouting, routingStats } from './routing';
 import { Tensor, checkTensor, describeTensor } from './tensor';
+import { Profile, ProfileOptions, ProfileRequest, checkProfileOptions, runProfile } from './profile';
 
 /** Shape and math of a layer. */
 export interface MoELayerConfig {
@@ -219,58 +220,12 @@ export class MoELayer {
   /** Runs the layer and also returns the routing it used. */
   forward(x: Tensor, options: ForwardOptions & { returnRouting: true }): Promise<ForwardResult>;
   async forward(x: Tensor, options: ForwardOptions = {}): Promise<Tensor | ForwardResult> {
-    const w = this.weights;
-    if (w === undefined) throw new MoekitError('the layer has been disposed', 'ERR_DISPOSED');
-    checkTensor('x', x);
-    const o = checkOptions<ForwardOptions>('options', options);
-    const { hidden } = this.config;
-    if (x.shape.length !== 2 || x.shape[1] !== hidden || !FLOAT_DTYPES.includes(x.dtype))
-      throw rangeError('x', `a f32, f16 or bf16 tensor of shape [tokens, ${hidden}]`, describeTensor(x));
-    const device = o.device === undefined ? this.device : pickLayerDevice(o.device, 'options.device');
-    const T = x.shape[0];
-    const slots = this.routing.slots;
-    const outputDtype = o.outputDtype === undefined ? x.dtype : checkOneOf('options.outputDtype', o.outputDtype, FLOAT_DTYPES);
-    const returnRouting = o.returnRouting === undefined ? false : checkBoolean('options.returnRouting', o.returnRouting);
-    if (o.forcedIds !== undefined) {
-      checkTensor('options.forcedIds', o.forcedIds);
-      if (o.forcedIds.dtype !== 'i32' || o.forcedIds.shape.length !== 2 || o.forcedIds.shape[0] !== T || o.forcedIds.shape[1] !== slots)
-        throw rangeError('options.forcedIds', `an i32 tensor of shape [${T}, ${slots}]`, describeTensor(o.forcedIds));
-      // NOTE: host ids are read synchronously, so the native call below starts in this
-      // tick and captures every input before the caller can dispose it.
-      const ids = (o.forcedIds.device.kind === 'cpu' ? o.forcedIds.toArraySync() : await o.forcedIds.toArray()) as Int32Array;
-      for (let i = 0; i < ids.length; i++)
-        if (!(ids[i] >= -1 && ids[i] < this.config.experts))
-          throw rangeError('options.forcedIds', `expert ids in [-1, ${this.config.experts})`, `${ids[i]} at [${Math.floor(i / slots)}, ${i % slots}]`);
-    }
-    if (o.forcedWeights !== undefined) {
-      if (o.forcedIds === undefined) throw rangeError('options.forcedWeights', 'forcedIds alongside forcedWeights', 'forcedWeights alone');
-      checkTensor('options.forcedWeights', o.forcedWeights);
-      if (o.forcedWeights.dtype !== 'f32' || o.forcedWeights.shape.join() !== `${T},${slots}`)
-        throw rangeError('options.forcedWeights', `a f32 tensor of shape [${T}, ${slots}]`, describeTensor(o.forcedWeights));
-    }
-    const c = this.config;
-    const fusedIn = w.gateUp !== undefined;
-    // Inputs on another device are copied to the forward's device for this call.
-    const temporaries: Tensor[] = [];
-    const onDevice = async (t: Tensor | undefined): Promise<Tensor | undefined> => {
-      if (t === undefined || t.device.name === device.name) return t;
-      const moved = await t.to(device.name);
-      temporaries.push(moved);
-      return moved;
-    };
-    let raw: RawTensor[];
-    const sameDevice = (t: Tensor | undefined) => t === undefined || t.device.name === device.name;
-    if (device.kind === 'cpu' && sameDevice(x) && sameDevice(o.forcedIds) && sameDevice(o.forcedWeights)) {
-      // Started synchronously: the job holds the inputs' memory from this point on.
-      raw = await this.runForward(w, x, o.forcedIds, o.forcedWeights, fusedIn, outputDtype);
-    } else {
-      try {
-        const wd = device.kind === 'cpu' ? w : await this.weightsOn(device);
-        raw = await this.runForward(wd, (await onDevice(x)) as Tensor, await onDevice(o.forcedIds), await onDevice(o.forcedWeights), fusedIn, outputDtype);
-      } finally {
-        for (const t of temporaries) t.dispose();
-      }
-    }
+    const a = this.checkCall(x, options, 'options');
+    const returnRouting = a.o.returnRouting === undefined ? false : checkBoolean('options.returnRouting', a.o.returnRouting);
+    // NOTE: host ids are read synchronously, so on the CPU the native call below starts
+    // in this tick and captures every input before the caller can dispose it.
+    if (a.o.forcedIds !== undefined && a.o.forcedIds.device.kind !== 'cpu') this.checkForcedIds((await a.o.forcedIds.toArray()) as Int32Array);
+    const raw = (await this.launch(x, a)) as RawTensor[];
     const [output, ids, weights, load, droppedRaw] = raw.map((r) => new Tensor(r));
     const dropped = Number(((await droppedRaw.toArray()) as BigInt64Array)[0]);
     droppedRaw.dispose();
@@ -282,6 +237,86 @@ export class MoELayer {
     }
     const stats = routingStats((await load.toArray()) as Int32Array, dropped);
     return { output, routing: { ids, weights, load, dropped, stats } };
+  }
+
+  /**
+   * Times the layer's forward on x with device timers (see {@link Profile}): the outputs
+   * are allocated once and the whole forward (router, gating, dispatch, expert GEMMs,
+   * combine, shared experts) runs `warmup` + `repeats` times; on a GPU each repeat is a
+   * replay of one captured CUDA graph. Takes the forward's options (forced routing, device,
+   * output dtype). For benchmarks; the result is not returned.
+   */
+  async profile(x: Tensor, options: ProfileOptions & Omit<ForwardOptions, 'returnRouting'> = {}): Promise<Profile> {
+    const a = this.checkCall(x, options, 'options');
+    const req = checkProfileOptions('options', { warmup: a.o.warmup, repeats: a.o.repeats, graph: a.o.graph, keepOutput: a.o.keepOutput });
+    if (a.o.forcedIds !== undefined && a.o.forcedIds.device.kind !== 'cpu') this.checkForcedIds((await a.o.forcedIds.toArray()) as Int32Array);
+    const p = (await this.launch(x, a, req)) as Profile & { result?: RawTensor[] };
+    const { result, ...profile } = p;
+    if (result === undefined) return profile;
+    const [output, ...rest] = result.map((r) => new Tensor(r));
+    for (const t of rest) t.dispose();
+    return { ...profile, output };
+  }
+
+  /** Checks the arguments of forward / profile (synchronously). */
+  private checkCall(x: Tensor, options: unknown, name: string): { o: Partial<ForwardOptions & ProfileOptions>; device: Device; outputDtype: DType } {
+    if (this.weights === undefined) throw new MoekitError('the layer has been disposed', 'ERR_DISPOSED');
+    checkTensor('x', x);
+    const o = checkOptions<ForwardOptions & ProfileOptions>(name, options);
+    const { hidden } = this.config;
+    if (x.shape.length !== 2 || x.shape[1] !== hidden || !FLOAT_DTYPES.includes(x.dtype))
+      throw rangeError('x', `a f32, f16 or bf16 tensor of shape [tokens, ${hidden}]`, describeTensor(x));
+    const device = o.device === undefined ? this.device : pickLayerDevice(o.device, `${name}.device`);
+    const T = x.shape[0];
+    const slots = this.routing.slots;
+    const outputDtype = o.outputDtype === undefined ? x.dtype : checkOneOf(`${name}.outputDtype`, o.outputDtype, FLOAT_DTYPES);
+    if (o.forcedIds !== undefined) {
+      checkTensor(`${name}.forcedIds`, o.forcedIds);
+      if (o.forcedIds.dtype !== 'i32' || o.forcedIds.shape.length !== 2 || o.forcedIds.shape[0] !== T || o.forcedIds.shape[1] !== slots)
+        throw rangeError(`${name}.forcedIds`, `an i32 tensor of shape [${T}, ${slots}]`, describeTensor(o.forcedIds));
+      if (o.forcedIds.device.kind === 'cpu') this.checkForcedIds(o.forcedIds.toArraySync() as Int32Array);
+    }
+    if (o.forcedWeights !== undefined) {
+      if (o.forcedIds === undefined) throw rangeError(`${name}.forcedWeights`, 'forcedIds alongside forcedWeights', 'forcedWeights alone');
+      checkTensor(`${name}.forcedWeights`, o.forcedWeights);
+      if (o.forcedWeights.dtype !== 'f32' || o.forcedWeights.shape.join() !== `${T},${slots}`)
+        throw rangeError(`${name}.forcedWeights`, `a f32 tensor of shape [${T}, ${slots}]`, describeTensor(o.forcedWeights));
+    }
+    return { o, device, outputDtype };
+  }
+
+  private checkForcedIds(ids: Int32Array): void {
+    const slots = this.routing.slots;
+    for (let i = 0; i < ids.length; i++)
+      if (!(ids[i] >= -1 && ids[i] < this.config.experts))
+        throw rangeError('options.forcedIds', `expert ids in [-1, ${this.config.experts})`, `${ids[i]} at [${Math.floor(i / slots)}, ${i % slots}]`);
+  }
+
+  /**
+   * Starts the native forward (or its profile) on the call's device. On the CPU with host
+   * inputs the native call starts synchronously: the job holds the inputs' memory from then on.
+   */
+  private async launch(x: Tensor, a: { o: Partial<ForwardOptions>; device: Device; outputDtype: DType }, profile?: ProfileRequest): Promise<RawTensor[] | Profile> {
+    const w = this.weights as MoELayerWeights;
+    const { o, device, outputDtype } = a;
+    const fusedIn = w.gateUp !== undefined;
+    const sameDevice = (t: Tensor | undefined) => t === undefined || t.device.name === device.name;
+    if (device.kind === 'cpu' && sameDevice(x) && sameDevice(o.forcedIds) && sameDevice(o.forcedWeights))
+      return this.runForward(w, x, o.forcedIds, o.forcedWeights, fusedIn, outputDtype, profile);
+    // Inputs on another device are copied to the call's device for this call.
+    const temporaries: Tensor[] = [];
+    const onDevice = async (t: Tensor | undefined): Promise<Tensor | undefined> => {
+      if (t === undefined || t.device.name === device.name) return t;
+      const moved = await t.to(device.name);
+      temporaries.push(moved);
+      return moved;
+    };
+    try {
+      const wd = device.kind === 'cpu' ? w : await this.weightsOn(device);
+      return await this.runForward(wd, (await onDevice(x)) as Tensor, await onDevice(o.forcedIds), await onDevice(o.forcedWeights), fusedIn, outputDtype, profile);
+    } finally {
+      for (const t of temporaries) t.dispose();
+    }
   }
 
   /** Device copies of the weights, made once per device on first use. */
@@ -318,9 +353,9 @@ export class MoELayer {
     return p;
   }
 
-  private runForward(w: MoELayerWeights, x: Tensor, forcedIds: Tensor | undefined, forcedWeights: Tensor | undefined, fusedIn: boolean, outputDtype: DType): Promise<RawTensor[]> {
+  private runForward(w: MoELayerWeights, x: Tensor, forcedIds: Tensor | undefined, forcedWeights: Tensor | undefined, fusedIn: boolean, outputDtype: DType, profile?: ProfileRequest): Promise<RawTensor[] | Profile> {
     const c = this.config;
-    return (native().moeLayerForward as (p: object) => Promise<RawTensor[]>)({
+    const args = {
       x: x.raw,
       routerW: w.router.raw,
       routerB: w.routerBias?.raw,
@@ -349,7 +384,9 @@ export class MoELayer {
       capacity: c.capacity ?? -1,
       outDtype: dtypeCode(outputDtype),
       ...encodeRouting(this.routing),
-    });
+    };
+    if (profile !== undefined) return runProfile('moeLayerForward', args, profile);
+    return (native().moeLayerForward as (p: object) => Promise<RawTensor[]>)(args);
   }
 }
 

@@ -38,6 +38,7 @@ export interface NativeBinding {
   };
   setErrorClass(cls: typeof MoekitError): void;
   runtime(): RawRuntime;
+  deviceMemory(index: number): { freeBytes: number; totalBytes: number; poolUsedBytes: number; poolReservedBytes: number };
   [op: string]: unknown;
 }
 

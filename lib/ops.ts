@@ -3,11 +3,12 @@
  * Each validates its arguments, then runs the kernel off the JavaScript thread, on the
  * device of its first input (every tensor of a call must be on that device).
  */
-import { MoekitError, checkInteger, checkNumber, checkOneOf, checkOptions, rangeError } from './errors';
+import { MoekitError, checkInteger, checkNumber, checkOneOf, checkOptions, rangeError, typeError } from './errors';
 import { FLOAT_DTYPES } from './dtype';
 import { RawTensor, native } from './native';
 import { ResolvedRouting, RoutingOptions, correctionBiasFor, encodeRouting, resolveRouting } from './routing';
 import { Tensor, checkTensor, describeTensor } from './tensor';
+import { Profile, ProfileOptions, ProfileRequest, checkProfileOptions, runProfile } from './profile';
 
 /** Result of gating. */
 export interface Routing {
@@ -56,7 +57,11 @@ function checkVector(name: string, t: Tensor, length: number, device: Tensor['de
  * ids, weights and per-expert load. Scores are computed in float32; ties break toward
  * the lower expert id.
  */
-export async function gate(logits: Tensor, options: GateOptions): Promise<Routing> {
+export function gate(logits: Tensor, options: GateOptions): Promise<Routing> {
+  return gateImpl(logits, options) as Promise<Routing>;
+}
+
+async function gateImpl(logits: Tensor, options: GateOptions, profile?: ProfileRequest): Promise<Routing | Profile> {
   checkTensor('logits', logits);
   check2d('logits', logits, FLOAT_DTYPES);
   const o = checkOptions<GateOptions>('options', options);
@@ -71,12 +76,9 @@ export async function gate(logits: Tensor, options: GateOptions): Promise<Routin
   if (o.correctionBias !== undefined) checkVector('options.correctionBias', checkTensor('options.correctionBias', o.correctionBias), experts, logits.device);
   const made = correctionBiasFor('options', r, o.correctionBias, (n) => Tensor.zeros([n]));
   const correctionBias = made !== undefined && made !== o.correctionBias && logits.device.kind !== 'cpu' ? await made.to(logits.device.name) : made;
-  const [ids, weights, load] = await op<[object], RawTensor[]>('gating')({
-    logits: logits.raw,
-    logitBias: o.logitBias?.raw,
-    correctionBias: correctionBias?.raw,
-    ...encodeRouting(r),
-  });
+  const args = { logits: logits.raw, logitBias: o.logitBias?.raw, correctionBias: correctionBias?.raw, ...encodeRouting(r) };
+  if (profile !== undefined) return runProfile('gating', args, profile);
+  const [ids, weights, load] = await op<[object], RawTensor[]>('gating')(args);
   return { ids: new Tensor(ids), weights: new Tensor(weights), load: new Tensor(load) };
 }
 
@@ -104,7 +106,11 @@ export interface DispatchOptions {
 }
 
 /** Groups the (token, slot) pairs of a routing by expert; ids is [tokens, k] int32 with -1 = skip. */
-export async function dispatch(ids: Tensor, options: DispatchOptions): Promise<Dispatch> {
+export function dispatch(ids: Tensor, options: DispatchOptions): Promise<Dispatch> {
+  return dispatchImpl(ids, options) as Promise<Dispatch>;
+}
+
+async function dispatchImpl(ids: Tensor, options: DispatchOptions, profile?: ProfileRequest): Promise<Dispatch | Profile> {
   checkTensor('ids', ids);
   check2d('ids', ids, ['i32']);
   const o = checkOptions<DispatchOptions>('options', options);
@@ -120,12 +126,9 @@ export async function dispatch(ids: Tensor, options: DispatchOptions): Promise<D
     for (let i = 0; i < values.length; i++)
       if (values[i] >= experts) throw rangeError('ids', `expert ids below ${experts} (or -1 to skip)`, `${values[i]} at flat index ${i}`);
   }
-  const [counts, offsets, sortedPairs, pairToRow, dropped] = await op<[object], RawTensor[]>('dispatch')({
-    ids: ids.raw,
-    experts,
-    blockSize,
-    capacity,
-  });
+  const args = { ids: ids.raw, experts, blockSize, capacity };
+  if (profile !== undefined) return runProfile('dispatch', args, profile);
+  const [counts, offsets, sortedPairs, pairToRow, dropped] = await op<[object], RawTensor[]>('dispatch')(args);
   const droppedTensor = new Tensor(dropped);
   const droppedCount = Number(((await droppedTensor.toArray()) as BigInt64Array)[0]);
   droppedTensor.dispose();
@@ -165,7 +168,11 @@ export interface GroupedGemmOptions {
  * [offsets[e], offsets[e+1]). x is [rows, K] f32; offsets [E + 1] i32; w [E, N, K] or
  * [E, K, N] in f32, f16 or bf16. Returns y [rows, N_out] f32 (N/2 for fused GLUs).
  */
-export async function groupedGemm(x: Tensor, offsets: Tensor, w: Tensor, options: GroupedGemmOptions = {}): Promise<Tensor> {
+export function groupedGemm(x: Tensor, offsets: Tensor, w: Tensor, options: GroupedGemmOptions = {}): Promise<Tensor> {
+  return groupedGemmImpl(x, offsets, w, options) as Promise<Tensor>;
+}
+
+async function groupedGemmImpl(x: Tensor, offsets: Tensor, w: Tensor, options: GroupedGemmOptions = {}, profile?: ProfileRequest): Promise<Tensor | Profile> {
   checkTensor('x', x);
   check2d('x', x, ['f32']);
   checkTensor('offsets', offsets);
@@ -206,7 +213,7 @@ export async function groupedGemm(x: Tensor, offsets: Tensor, w: Tensor, options
   }
   if (o.biasUp !== undefined && o.wUp === undefined) throw rangeError('options.biasUp', 'no biasUp without wUp', 'a Tensor');
   if (o.rowScale !== undefined) checkVector('options.rowScale', checkTensor('options.rowScale', o.rowScale), rows, x.device);
-  const raw = await op<[object], RawTensor>('groupedGemm')({
+  const args = {
     x: x.raw,
     offsets: offsets.raw,
     w: w.raw,
@@ -221,8 +228,9 @@ export async function groupedGemm(x: Tensor, offsets: Tensor, w: Tensor, options
     activation: ACTIVATIONS.indexOf(activation),
     alpha: o.alpha === undefined ? 1.702 : checkNumber('options.alpha', o.alpha),
     limit: o.limit === undefined ? 7 : checkNumber('options.limit', o.limit, 0),
-  });
-  return new Tensor(raw);
+  };
+  if (profile !== undefined) return runProfile('groupedGemm', args, profile);
+  return new Tensor(await op<[object], RawTensor>('groupedGemm')(args));
 }
 
 /** Options of {@link combine}. */
@@ -234,7 +242,11 @@ export interface CombineOptions {
 }
 
 /** out[t] = Σ_s weights[t, s] · y[pairToRow[t, s]] (+ shared[t]); float32 accumulation. */
-export async function combine(y: Tensor, pairToRow: Tensor, options: CombineOptions = {}): Promise<Tensor> {
+export function combine(y: Tensor, pairToRow: Tensor, options: CombineOptions = {}): Promise<Tensor> {
+  return combineImpl(y, pairToRow, options) as Promise<Tensor>;
+}
+
+async function combineImpl(y: Tensor, pairToRow: Tensor, options: CombineOptions = {}, profile?: ProfileRequest): Promise<Tensor | Profile> {
   checkTensor('y', y);
   check2d('y', y, ['f32']);
   checkTensor('pairToRow', pairToRow);
@@ -257,8 +269,38 @@ export async function combine(y: Tensor, pairToRow: Tensor, options: CombineOpti
   const p2r = (await pairToRow.toArray()) as Int32Array;
   for (let i = 0; i < p2r.length; i++)
     if (p2r[i] < -1 || p2r[i] >= rows) throw rangeError('pairToRow', `row indices in [-1, ${rows})`, `${p2r[i]} at flat index ${i}`);
-  const raw = await op<[object], RawTensor>('combine')({ y: y.raw, pairToRow: pairToRow.raw, weights: o.weights?.raw, shared: o.shared?.raw });
-  return new Tensor(raw);
+  const args = { y: y.raw, pairToRow: pairToRow.raw, weights: o.weights?.raw, shared: o.shared?.raw };
+  if (profile !== undefined) return runProfile('combine', args, profile);
+  return new Tensor(await op<[object], RawTensor>('combine')(args));
+}
+
+/** The ops {@link profileOp} can time, with their arguments. */
+export interface ProfiledOps {
+  gate: [logits: Tensor, options: GateOptions];
+  dispatch: [ids: Tensor, options: DispatchOptions];
+  groupedGemm: [x: Tensor, offsets: Tensor, w: Tensor, options?: GroupedGemmOptions];
+  combine: [y: Tensor, pairToRow: Tensor, options?: CombineOptions];
+}
+
+/**
+ * Times an op on its device: the arguments are checked as by the op itself, the outputs
+ * are allocated once, then the kernels run `warmup` + `repeats` times (see {@link Profile}).
+ */
+export async function profileOp<K extends keyof ProfiledOps>(op: K, args: ProfiledOps[K], options: ProfileOptions = {}): Promise<Profile> {
+  const name = checkOneOf('op', op, ['gate', 'dispatch', 'groupedGemm', 'combine'] as const);
+  if (!Array.isArray(args)) throw typeError('args', `an array of the arguments of ${name}`, args);
+  const req = { ...checkProfileOptions('options', options), keepOutput: false };
+  const a = args as unknown[];
+  switch (name) {
+    case 'gate':
+      return (await gateImpl(a[0] as Tensor, a[1] as GateOptions, req)) as Profile;
+    case 'dispatch':
+      return (await dispatchImpl(a[0] as Tensor, a[1] as DispatchOptions, req)) as Profile;
+    case 'groupedGemm':
+      return (await groupedGemmImpl(a[0] as Tensor, a[1] as Tensor, a[2] as Tensor, (a[3] ?? {}) as GroupedGemmOptions, req)) as Profile;
+    default:
+      return (await combineImpl(a[0] as Tensor, a[1] as Tensor, (a[2] ?? {}) as CombineOptions, req)) as Profile;
+  }
 }
 
 export type { ResolvedRouting };

@@ -46,6 +46,20 @@ Napi::Value runtime(const Napi::CallbackInfo& info) {
   });
 }
 
+// deviceMemory(index) -> {freeBytes, totalBytes, poolUsedBytes, poolReservedBytes} of a CUDA device.
+Napi::Value device_memory(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    const cuda::MemoryInfo m = cuda::memory_info(info[0].As<Napi::Number>().Int32Value());
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("freeBytes", static_cast<double>(m.free_bytes));
+    o.Set("totalBytes", static_cast<double>(m.total_bytes));
+    o.Set("poolUsedBytes", static_cast<double>(m.pool_used_bytes));
+    o.Set("poolReservedBytes", static_cast<double>(m.pool_reserved_bytes));
+    return o;
+  });
+}
+
 Napi::Object init_module(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
   env.SetInstanceData<AddonData>(data);
@@ -54,6 +68,7 @@ Napi::Object init_module(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeTensor", tensor_class);
   exports.Set("setErrorClass", Napi::Function::New(env, set_error_class, "setErrorClass"));
   exports.Set("runtime", Napi::Function::New(env, runtime, "runtime"));
+  exports.Set("deviceMemory", Napi::Function::New(env, device_memory, "deviceMemory"));
   register_ops(env, exports);
   register_io(env, exports);
   return exports;

@@ -1,4 +1,4 @@
-import { MoekitError, resolveDevice, runtime } from '../lib';
+import { MoekitError, deviceMemory, resolveDevice, runtime } from '../lib';
 import { explainLoadFailure } from '../lib/native';
 import { expectMoekitError } from './helpers';
 
@@ -120,4 +120,13 @@ test('MoekitError is a real Error subclass with a code', () => {
   expect(e.code).toBe('ERR_CUDA');
   expect(e.cudaError).toBe('cudaErrorFoo');
   expect(e.name).toBe('MoekitError');
+});
+
+describe('deviceMemory', () => {
+  test('is for CUDA devices only, and says why CUDA is unusable when it is', () => {
+    expect(() => deviceMemory('cpu')).toThrow(expect.objectContaining({ code: 'ERR_UNSUPPORTED' }));
+    expect(() => deviceMemory('gpu7')).toThrow(/device/);
+    if (!runtime().backends.includes('cuda')) expect(() => deviceMemory('cuda')).toThrow(expect.objectContaining({ code: 'ERR_CUDA_UNAVAILABLE' }));
+    else expect(deviceMemory('cuda').totalBytes).toBeGreaterThan(0);
+  });
 });

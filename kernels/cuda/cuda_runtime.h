@@ -45,6 +45,29 @@ void* current_stream();
 void* device_alloc(int32_t device, int64_t bytes);
 void device_free(int32_t device, void* ptr);
 
+// Device memory as the driver and moekit's stream-ordered pool see it.
+struct MemoryInfo {
+  int64_t free_bytes = 0;           // cudaMemGetInfo
+  int64_t total_bytes = 0;
+  int64_t pool_used_bytes = 0;      // moekit's allocations alive in the device's default pool
+  int64_t pool_reserved_bytes = 0;  // memory the pool holds from the driver
+};
+// Waits for the device's worker (so frees queued meanwhile are released) and reports.
+MemoryInfo memory_info(int32_t device);
+
+// Timing of repeated launches (profile): one entry per timed repeat, in ms.
+struct Timing {
+  std::vector<double> ms;
+  bool graph = false;  // the repeats replayed a captured CUDA graph
+};
+
+// Inside run_on_device: runs body(stream) `warmup` times, then `repeats` times with a CUDA
+// event recorded before and after each, and returns the elapsed times. With use_graph,
+// body is first captured into a CUDA graph (body must only enqueue stream-ordered work)
+// and the graph is replayed; if capture or instantiation fails, body runs eagerly and
+// Timing::graph is false.
+Timing time_replays(const std::function<void(void*)>& body, int warmup, int repeats, bool use_graph);
+
 enum class CopyKind { kHostToDevice, kDeviceToHost, kDeviceToDevice };
 void copy(int32_t device, void* dst, const void* src, int64_t bytes, CopyKind kind);
 

@@ -195,4 +195,97 @@ void copy(int32_t device, void* dst, const void* src, int64_t bytes, CopyKind ki
   });
 }
 
+MemoryInfo memory_info(int32_t device) {
+  MemoryInfo m;
+  run_on_device(device, [&] {
+    // Frees still queued on the stream count as used until the stream reaches them.
+    MOEKIT_CUDA_CHECK(cudaStreamSynchronize(tls_stream));
+    size_t free_b = 0, total_b = 0;
+    MOEKIT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    cudaMemPool_t pool = nullptr;
+    MOEKIT_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+    unsigned long long used = 0, reserved = 0;  // cuuint64_t
+    MOEKIT_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used));
+    MOEKIT_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved));
+    m.free_bytes = static_cast<int64_t>(free_b);
+    m.total_bytes = static_cast<int64_t>(total_b);
+    m.pool_used_bytes = static_cast<int64_t>(used);
+    m.pool_reserved_bytes = static_cast<int64_t>(reserved);
+  });
+  return m;
+}
+
+namespace {
+
+// Owns the graph objects and events of one time_replays call.
+struct ReplayResources {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  std::vector<cudaEvent_t> events;
+  ~ReplayResources() {
+    for (cudaEvent_t e : events) cudaEventDestroy(e);
+    if (exec != nullptr) cudaGraphExecDestroy(exec);
+    if (graph != nullptr) cudaGraphDestroy(graph);
+  }
+};
+
+// Captures body into res.graph / res.exec. Returns false (capture abandoned, the stream
+// back to normal, errors cleared) when the work cannot be captured.
+bool capture(const std::function<void(void*)>& body, cudaStream_t s, ReplayResources& res) {
+  MOEKIT_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  try {
+    body(s);
+  } catch (...) {
+    cudaGraph_t g = nullptr;
+    cudaStreamEndCapture(s, &g);
+    if (g != nullptr) cudaGraphDestroy(g);
+    cudaGetLastError();
+    throw;
+  }
+  cudaError_t err = cudaStreamEndCapture(s, &res.graph);
+  if (err == cudaSuccess) err = cudaGraphInstantiate(&res.exec, res.graph, 0);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    if (res.exec != nullptr) cudaGraphExecDestroy(res.exec);
+    if (res.graph != nullptr) cudaGraphDestroy(res.graph);
+    res.exec = nullptr;
+    res.graph = nullptr;
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+Timing time_replays(const std::function<void(void*)>& body, int warmup, int repeats, bool use_graph) {
+  MOEKIT_CHECK(tls_stream != nullptr, "time_replays() outside run_on_device");
+  MOEKIT_CHECK(repeats >= 1 && warmup >= 0, "time_replays needs repeats >= 1, warmup >= 0");
+  cudaStream_t s = tls_stream;
+  ReplayResources res;
+  Timing t;
+  t.graph = use_graph && capture(body, s, res);
+  auto launch = [&] {
+    if (t.graph)
+      MOEKIT_CUDA_CHECK(cudaGraphLaunch(res.exec, s));
+    else
+      body(s);
+  };
+  for (int i = 0; i < warmup; ++i) launch();
+  res.events.resize(static_cast<size_t>(repeats) + 1, nullptr);
+  for (cudaEvent_t& e : res.events) MOEKIT_CUDA_CHECK(cudaEventCreate(&e));
+  MOEKIT_CUDA_CHECK(cudaEventRecord(res.events[0], s));
+  for (int i = 0; i < repeats; ++i) {
+    launch();
+    MOEKIT_CUDA_CHECK(cudaEventRecord(res.events[static_cast<size_t>(i) + 1], s));
+  }
+  MOEKIT_CUDA_CHECK(cudaStreamSynchronize(s));
+  t.ms.resize(static_cast<size_t>(repeats));
+  for (int i = 0; i < repeats; ++i) {
+    float ms = 0.0f;
+    MOEKIT_CUDA_CHECK(cudaEventElapsedTime(&ms, res.events[static_cast<size_t>(i)], res.events[static_cast<size_t>(i) + 1]));
+    t.ms[static_cast<size_t>(i)] = ms;
+  }
+  return t;
+}
+
 }  // namespace moekit::cuda

@@ -35,6 +35,8 @@ void* current_stream() { not_compiled(); }
 void* device_alloc(int32_t, int64_t) { not_compiled(); }
 void device_free(int32_t, void*) {}
 void copy(int32_t, void*, const void*, int64_t, CopyKind) { not_compiled(); }
+MemoryInfo memory_info(int32_t) { not_compiled(); }
+Timing time_replays(const std::function<void(void*)>&, int, int, bool) { not_compiled(); }
 
 // The CUDA kernel families: unreachable without a device (run_on_device refuses first),
 // defined so the CPU-only build links.
