@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the CPU test suite against a build with AddressSanitizer and UBSan.
 #
-#   bash scripts/asan.sh [jest args…]     (default: every CPU test but the package test)
+#   bash scripts/asan.sh [jest args…]     (every CPU test but the package, GPU and RSS tests;
+#                                          extra args go to jest, e.g. a test path or --json)
 #
 # Builds build-asan/Release/moekit.node (CPU backend only) with cmake-js, then runs jest
 # with the sanitizer runtime preloaded into node and MOEKIT_BINARY pointing at that build.
@@ -19,7 +20,4 @@ export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:exitcode=86
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=87"
 export MOEKIT_BINARY="$PWD/build-asan/Release/moekit.node"
 export MOEKIT_FUZZ_CALLS="${MOEKIT_FUZZ_CALLS:-10000}"
-if [ "$#" -eq 0 ]; then
-  set -- --testPathIgnorePatterns 'package.test' 'test/gpu' 'leaks.test'
-fi
-exec node node_modules/.bin/jest --runInBand "$@"
+exec node node_modules/.bin/jest --runInBand --testPathIgnorePatterns 'package.test' 'test/gpu' 'leaks.test' -- "$@"
