@@ -86,6 +86,8 @@ export interface ForwardOptions {
   outputDtype?: DType;
   /** Device for this call; default the layer's. */
   device?: string;
+  /** On CUDA: use the layer's CUDA-graph cache for this call (default: the layer's `cudaGraphs`). */
+  cudaGraph?: boolean;
 }
 
 /** The routing a forward used. */
@@ -107,6 +109,25 @@ function layoutCode(l: WeightLayout): number {
   return l === 'enk' ? 0 : 1;
 }
 
+/** Options of the MoELayer constructor and factories. */
+export interface MoELayerOptions {
+  /** Device of the forwards: 'cpu', 'cuda', 'cuda:N' or 'auto' (default: MOEKIT_DEVICE, else 'auto'). */
+  device?: string;
+  /** dispose() also disposes the weights given. Default false. */
+  ownsWeights?: boolean;
+  /**
+   * On CUDA, replay forwards of up to {@link CUDA_GRAPH_MAX_TOKENS} tokens from CUDA graphs
+   * cached per configuration (shapes, options, device weights). Default true.
+   */
+  cudaGraphs?: boolean;
+}
+
+/**
+ * Forwards of at most this many tokens use the CUDA-graph cache: there launch overhead
+ * matters and the copies in and out of the graph's own buffers are small.
+ */
+export const CUDA_GRAPH_MAX_TOKENS = 1024;
+
 /** One Mixture-of-Experts layer. */
 export class MoELayer {
   readonly config: Readonly<Required<Omit<MoELayerConfig, 'routing' | 'capacity'>>> & { capacity: number | undefined };
@@ -116,13 +137,16 @@ export class MoELayer {
   private readonly ownsWeights: boolean;
   /** Tensors the layer made itself (a zero correction bias), always disposed with it. */
   private readonly ownedExtras: Tensor[] = [];
+  private readonly cudaGraphs: boolean;
+  /** The native CUDA-graph cache, made on the first CUDA forward that uses it. */
+  private graphCache: unknown;
 
   /**
    * @param config shape and math (see {@link MoELayer.fromPreset} for a family's math)
    * @param weights host tensors; the layer keeps references (and disposes them with
    *   `dispose()` when `ownsWeights` is true)
    */
-  constructor(config: MoELayerConfig, weights: MoELayerWeights, options: { device?: string; ownsWeights?: boolean } = {}) {
+  constructor(config: MoELayerConfig, weights: MoELayerWeights, options: MoELayerOptions = {}) {
     const c = checkOptions<MoELayerConfig>('config', config);
     const hidden = checkInteger('config.hidden', c.hidden, 1, 1 << 20);
     const intermediate = checkInteger('config.intermediate', c.intermediate, 1, 1 << 22);
@@ -146,9 +170,10 @@ export class MoELayer {
       capacity: c.capacity === undefined ? undefined : checkInteger('config.capacity', c.capacity, 0, 2 ** 31 - 1),
     });
     this.routing = routing;
-    const o = checkOptions<{ device?: string; ownsWeights?: boolean }>('options', options);
+    const o = checkOptions<MoELayerOptions>('options', options);
     this.device = pickLayerDevice(o.device, 'options.device');
     this.ownsWeights = o.ownsWeights === undefined ? false : checkBoolean('options.ownsWeights', o.ownsWeights);
+    this.cudaGraphs = o.cudaGraphs === undefined ? true : checkBoolean('options.cudaGraphs', o.cudaGraphs);
     this.weights = checkWeights(this.config, routing, weights);
     const bias = correctionBiasFor('config.routing', routing, this.weights.correctionBias, (n) => Tensor.zeros([n]));
     if (bias !== this.weights.correctionBias) {
@@ -163,7 +188,7 @@ export class MoELayer {
     presetOptions: PresetOptions,
     shape: { hidden: number; intermediate: number; experts: number; sharedIntermediate?: number },
     weights: MoELayerWeights,
-    options: { device?: string; ownsWeights?: boolean } = {},
+    options: MoELayerOptions = {},
   ): MoELayer {
     const p = preset(family, presetOptions);
     const s = checkOptions<typeof shape>('shape', shape);
@@ -208,6 +233,8 @@ export class MoELayer {
     for (const t of this.ownedExtras) t.dispose();
     for (const p of this.deviceWeights.values()) p.then((w) => weightList(w).forEach((t) => t.dispose()), () => undefined);
     this.deviceWeights.clear();
+    if (this.graphCache !== undefined) (native().releaseGraphCache as (c: unknown) => void)(this.graphCache);
+    this.graphCache = undefined;
     this.weights = undefined;
   }
 
@@ -270,6 +297,7 @@ export class MoELayer {
     const T = x.shape[0];
     const slots = this.routing.slots;
     const outputDtype = o.outputDtype === undefined ? x.dtype : checkOneOf(`${name}.outputDtype`, o.outputDtype, FLOAT_DTYPES);
+    if (o.cudaGraph !== undefined) checkBoolean(`${name}.cudaGraph`, o.cudaGraph);
     if (o.forcedIds !== undefined) {
       checkTensor(`${name}.forcedIds`, o.forcedIds);
       if (o.forcedIds.dtype !== 'i32' || o.forcedIds.shape.length !== 2 || o.forcedIds.shape[0] !== T || o.forcedIds.shape[1] !== slots)
@@ -303,6 +331,7 @@ export class MoELayer {
     const sameDevice = (t: Tensor | undefined) => t === undefined || t.device.name === device.name;
     if (device.kind === 'cpu' && sameDevice(x) && sameDevice(o.forcedIds) && sameDevice(o.forcedWeights))
       return this.runForward(w, x, o.forcedIds, o.forcedWeights, fusedIn, outputDtype, profile);
+    const graphs = device.kind === 'cuda' && profile === undefined && (o.cudaGraph ?? this.cudaGraphs) && x.shape[0] <= CUDA_GRAPH_MAX_TOKENS;
     // Inputs on another device are copied to the call's device for this call.
     const temporaries: Tensor[] = [];
     const onDevice = async (t: Tensor | undefined): Promise<Tensor | undefined> => {
@@ -313,7 +342,7 @@ export class MoELayer {
     };
     try {
       const wd = device.kind === 'cpu' ? w : await this.weightsOn(device);
-      return await this.runForward(wd, (await onDevice(x)) as Tensor, await onDevice(o.forcedIds), await onDevice(o.forcedWeights), fusedIn, outputDtype, profile);
+      return await this.runForward(wd, (await onDevice(x)) as Tensor, await onDevice(o.forcedIds), await onDevice(o.forcedWeights), fusedIn, outputDtype, profile, graphs);
     } finally {
       for (const t of temporaries) t.dispose();
     }
@@ -353,9 +382,11 @@ export class MoELayer {
     return p;
   }
 
-  private runForward(w: MoELayerWeights, x: Tensor, forcedIds: Tensor | undefined, forcedWeights: Tensor | undefined, fusedIn: boolean, outputDtype: DType, profile?: ProfileRequest): Promise<RawTensor[] | Profile> {
+  private runForward(w: MoELayerWeights, x: Tensor, forcedIds: Tensor | undefined, forcedWeights: Tensor | undefined, fusedIn: boolean, outputDtype: DType, profile?: ProfileRequest, graphs = false): Promise<RawTensor[] | Profile> {
     const c = this.config;
+    if (graphs && this.graphCache === undefined) this.graphCache = (native().createGraphCache as () => unknown)();
     const args = {
+      graphCache: graphs ? this.graphCache : undefined,
       x: x.raw,
       routerW: w.router.raw,
       routerB: w.routerBias?.raw,

@@ -24,6 +24,7 @@
 #include "kernels/cuda/cuda_runtime.h"
 #include "kernels/cuda/dispatch.h"
 #include "kernels/cuda/gating.h"
+#include "kernels/cuda/graph_cache.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/moe_layer.h"
 #include "native/async.h"
@@ -129,6 +130,7 @@ struct Prepared {
   Device dev;
   std::function<void()> alloc;
   std::function<void(void*)> compute;
+  std::function<void(void*)> compute_once;  // the op call's compute when it differs (CUDA-graph cache)
   std::function<void()> finish;
   std::function<Napi::Value(Napi::Env)> resolve;
 };
@@ -139,7 +141,10 @@ Napi::Value run_once(Napi::Env env, const char* name, const Prepared& p) {
       [p]() {
         run_on(p.dev, [&](void* stream) {
           p.alloc();
-          p.compute(stream);
+          if (p.compute_once)
+            p.compute_once(stream);
+          else
+            p.compute(stream);
           if (p.finish) p.finish();
         });
       },
@@ -384,10 +389,12 @@ Prepared prepare_combine(Napi::Env env, const Napi::Object& o) {
   return p;
 }
 
+using GraphCacheHolder = std::shared_ptr<cuda::LayerGraphCache>;
+
 // moeLayerForward({x, routerW, routerB?, wIn, wInUp?, bIn?, bInUp?, wOut, bOut?, layoutIn, layoutOut,
 //   sharedWIn?, sharedWInUp?, sharedWOut?, sharedGate?, sharedIntermediate, forcedIds?, forcedWeights?,
-//   experts, intermediate, activation, alpha, limit, blockSize, capacity, outDtype, ...gating options})
-//   -> [y, ids, weights, load, dropped]
+//   experts, intermediate, activation, alpha, limit, blockSize, capacity, outDtype, graphCache?, ...gating options})
+//   -> [y, ids, weights, load, dropped]. With graphCache (CUDA) the call replays a cached graph.
 Prepared prepare_moe_layer_forward(Napi::Env env, const Napi::Object& o) {
   enum Slot { kRouterW, kRouterB, kWIn, kWInUp, kBIn, kBInUp, kWOut, kBOut, kSIn, kSInUp, kSOut, kSGate, kFIds, kFW, kCorr, kSlots };
   static const char* const kNames[kSlots] = {"routerW", "routerB", "wIn", "wInUp", "bIn", "bInUp", "wOut", "bOut",
@@ -398,6 +405,7 @@ Prepared prepare_moe_layer_forward(Napi::Env env, const Napi::Object& o) {
     Tensor x;
     std::array<std::optional<Tensor>, kSlots> held;
     WeightLayout layout_in = WeightLayout::kENK, layout_out = WeightLayout::kENK;
+    std::shared_ptr<cuda::LayerGraphCache> graphs;  // set: replay cached CUDA graphs
     std::array<Tensor, 5> out;
   };
   auto st = std::make_shared<State>();
@@ -423,6 +431,8 @@ Prepared prepare_moe_layer_forward(Napi::Env env, const Napi::Object& o) {
   p.y_dtype = static_cast<DType>(get_i64(o, "outDtype", 0));
   st->layout_in = static_cast<WeightLayout>(get_i64(o, "layoutIn", 0));
   st->layout_out = static_cast<WeightLayout>(get_i64(o, "layoutOut", 0));
+  const Napi::Value graphs = o.Get("graphCache");
+  if (dev.is_cuda() && graphs.IsExternal()) st->graphs = *graphs.As<Napi::External<GraphCacheHolder>>().Data();
   Prepared pr;
   pr.dev = dev;
   pr.alloc = [st, dev] {
@@ -462,6 +472,10 @@ Prepared prepare_moe_layer_forward(Napi::Env env, const Napi::Object& o) {
     else
       cuda::moe_layer_forward(st->p, stream);
   };
+  if (st->graphs)
+    pr.compute_once = [st](void* stream) {
+      if (!cuda::graph_forward(*st->graphs, st->p, stream)) cuda::moe_layer_forward(st->p, stream);
+    };
   pr.resolve = [st](Napi::Env e) { return tensor_array(e, st->out); };
   return pr;
 }
@@ -490,6 +504,24 @@ Prepared prepare_copy(Napi::Env env, const Napi::Object& o) {
   };
   p.resolve = [st](Napi::Env e) -> Napi::Value { return NativeTensor::wrap(e, std::move(st->dst[0])); };
   return p;
+}
+
+// createGraphCache() -> an external holding one layer's CUDA-graph cache; freed with it
+// (device work deferred to the device's worker). releaseGraphCache(ext) drops it early;
+// forwards in flight keep their reference.
+Napi::Value create_graph_cache(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto* holder = new GraphCacheHolder(cuda::make_layer_graph_cache());
+    return Napi::External<GraphCacheHolder>::New(env, holder, [](Napi::Env, GraphCacheHolder* h) { delete h; });
+  });
+}
+Napi::Value release_graph_cache(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    if (info[0].IsExternal()) info[0].As<Napi::External<GraphCacheHolder>>().Data()->reset();
+    return env.Undefined();
+  });
 }
 
 using Preparer = Prepared (*)(Napi::Env, const Napi::Object&);
@@ -575,6 +607,8 @@ void register_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("moeLayerForward", Napi::Function::New(env, [](const Napi::CallbackInfo& i) { return op_fn<prepare_moe_layer_forward>(i, "moekit.moeLayerForward"); }, "moeLayerForward"));
   exports.Set("copy", Napi::Function::New(env, [](const Napi::CallbackInfo& i) { return op_fn<prepare_copy>(i, "moekit.copy"); }, "copy"));
   exports.Set("profile", Napi::Function::New(env, profile_fn, "profile"));
+  exports.Set("createGraphCache", Napi::Function::New(env, create_graph_cache, "createGraphCache"));
+  exports.Set("releaseGraphCache", Napi::Function::New(env, release_graph_cache, "releaseGraphCache"));
 }
 
 }  // namespace moekit::native

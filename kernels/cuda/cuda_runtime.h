@@ -38,6 +38,12 @@ void require_device(int32_t device);
 // Synchronises the stream before returning and turns CUDA failures into Errors.
 void run_on_device(int32_t device, const std::function<void()>& fn);
 
+// Runs fn as the device's worker now if that needs no waiting (this thread is the
+// worker, or the device is idle); otherwise queues it for the worker to run when its
+// current work ends. For releasing device resources from any thread (finalizers).
+// Errors inside fn are dropped. Does nothing when the device does not exist.
+void run_or_defer_on_device(int32_t device, std::function<void()> fn);
+
 // Inside run_on_device: the device's stream (a cudaStream_t, opaque here).
 void* current_stream();
 

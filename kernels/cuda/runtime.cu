@@ -31,8 +31,9 @@ std::string reason_in_words(cudaError_t err) {
 struct DeviceState {
   std::mutex lock;              // held by the worker running on this device
   cudaStream_t stream = nullptr;
-  std::mutex pending_lock;      // guards pending_frees
+  std::mutex pending_lock;      // guards pending_frees and pending_tasks
   std::vector<void*> pending_frees;  // freed while the device was busy; released by the worker
+  std::vector<std::function<void()>> pending_tasks;  // run_or_defer_on_device while busy
 };
 
 std::vector<DeviceState>& device_states() {
@@ -50,13 +51,26 @@ DeviceState& state_for(int32_t device) {
   return device_states()[static_cast<size_t>(device)];
 }
 
+// Runs fn quietly: deferred release work must not fail the op that drains it.
+void run_quietly(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (...) {
+  }
+  cudaGetLastError();
+}
+
+// With the device's lock held and tls_stream set.
 void drain_pending_frees(DeviceState& s) {
   std::vector<void*> frees;
+  std::vector<std::function<void()>> tasks;
   {
     std::lock_guard<std::mutex> g(s.pending_lock);
     frees.swap(s.pending_frees);
+    tasks.swap(s.pending_tasks);
   }
   for (void* p : frees) cudaFreeAsync(p, s.stream);
+  for (const auto& t : tasks) run_quietly(t);
 }
 
 }  // namespace
@@ -124,7 +138,6 @@ void run_on_device(int32_t device, const std::function<void()>& fn) {
   std::lock_guard<std::mutex> g(s.lock);
   MOEKIT_CUDA_CHECK(cudaSetDevice(device));
   if (s.stream == nullptr) MOEKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
-  drain_pending_frees(s);
   tls_stream = s.stream;
   tls_device = device;
   struct Reset {
@@ -133,6 +146,7 @@ void run_on_device(int32_t device, const std::function<void()>& fn) {
       tls_device = -1;
     }
   } reset;
+  drain_pending_frees(s);
   try {
     fn();
   } catch (...) {
@@ -183,6 +197,33 @@ void device_free(int32_t device, void* ptr) {
   }
   std::lock_guard<std::mutex> pg(s.pending_lock);
   s.pending_frees.push_back(ptr);
+}
+
+void run_or_defer_on_device(int32_t device, std::function<void()> fn) {
+  const RuntimeInfo& info = runtime_info();
+  if (device < 0 || device >= static_cast<int32_t>(info.devices.size())) return;
+  DeviceState& s = device_states()[static_cast<size_t>(device)];
+  if (tls_device == device) {
+    run_quietly(fn);
+    return;
+  }
+  std::unique_lock<std::mutex> g(s.lock, std::try_to_lock);
+  if (g.owns_lock() && s.stream != nullptr) {
+    int previous = -1;
+    cudaGetDevice(&previous);
+    cudaSetDevice(device);
+    cudaStream_t saved_stream = tls_stream;
+    const int32_t saved_device = tls_device;
+    tls_stream = s.stream;
+    tls_device = device;
+    run_quietly(fn);
+    tls_stream = saved_stream;
+    tls_device = saved_device;
+    if (previous >= 0) cudaSetDevice(previous);
+    return;
+  }
+  std::lock_guard<std::mutex> pg(s.pending_lock);
+  s.pending_tasks.push_back(std::move(fn));
 }
 
 void copy(int32_t device, void* dst, const void* src, int64_t bytes, CopyKind kind) {

@@ -6,6 +6,7 @@
 #include "kernels/cuda/cuda_runtime.h"
 #include "kernels/cuda/dispatch.h"
 #include "kernels/cuda/gating.h"
+#include "kernels/cuda/graph_cache.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/moe_layer.h"
 
@@ -34,6 +35,7 @@ void run_on_device(int32_t, const std::function<void()>&) { not_compiled(); }
 void* current_stream() { not_compiled(); }
 void* device_alloc(int32_t, int64_t) { not_compiled(); }
 void device_free(int32_t, void*) {}
+void run_or_defer_on_device(int32_t, std::function<void()>) {}
 void copy(int32_t, void*, const void*, int64_t, CopyKind) { not_compiled(); }
 MemoryInfo memory_info(int32_t) { not_compiled(); }
 Timing time_replays(const std::function<void(void*)>&, int, int, bool) { not_compiled(); }
@@ -46,6 +48,9 @@ void permute_rows(const PermuteParams&, void*) { not_compiled(); }
 void combine(const CombineParams&, void*) { not_compiled(); }
 void grouped_gemm(const GroupedGemmParams&, void*) { not_compiled(); }
 void moe_layer_forward(const MoELayerParams&, void*) { not_compiled(); }
+class LayerGraphCache {};
+std::shared_ptr<LayerGraphCache> make_layer_graph_cache() { return std::make_shared<LayerGraphCache>(); }
+bool graph_forward(LayerGraphCache&, const MoELayerParams&, void*) { not_compiled(); }
 void convert_to_f32(DType, const void*, float*, int64_t, void*) { not_compiled(); }
 void convert_from_f32(DType, const float*, void*, int64_t, void*) { not_compiled(); }
 

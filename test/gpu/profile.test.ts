@@ -40,7 +40,7 @@ describeGpu('CUDA graphs and device timing', () => {
       const layer = MoELayer.fromPreset(c.family, routing, shape, weights, { device: 'cuda' });
       for (const T of [1, 7, 128, 4096]) {
         const x = await Tensor.from(rand(rng, T * c.H, 1), [T, c.H], 'bf16').to('cuda');
-        const eager = await layer.forward(x);
+        const eager = await layer.forward(x, { cudaGraph: false });
         const p = await layer.profile(x, { warmup: 2, repeats: 5, keepOutput: true });
         // The forward has no host synchronisation, so capture must succeed.
         expect(p.graph).toBe(true);
@@ -61,6 +61,35 @@ describeGpu('CUDA graphs and device timing', () => {
       layer.dispose();
     }, 300_000);
   }
+
+  test('the layer CUDA-graph cache: repeated forwards replay cached graphs and equal eager forwards', async () => {
+    const rng = new Rng(seed ^ 0x77);
+    const H = 256, I = 128, E = 64, k = 6;
+    const weights: MoELayerWeights = {
+      router: Tensor.from(rand(rng, E * H, 1 / Math.sqrt(H)), [E, H], 'bf16'),
+      gateUp: Tensor.from(rand(rng, E * 2 * I * H, 1 / Math.sqrt(H)), [E, 2 * I, H], 'bf16'),
+      down: Tensor.from(rand(rng, E * H * I, 1 / Math.sqrt(I)), [E, H, I], 'bf16'),
+    };
+    const layer = MoELayer.fromPreset('qwen3_moe', { k }, { hidden: H, intermediate: I, experts: E }, weights, { device: 'cuda' });
+    const bits = async (t: Tensor) => Buffer.from(((await t.toArray()) as Uint16Array).buffer);
+    for (const T of [1, 7, 128, 1024, 2048]) {
+      for (let rep = 0; rep < 3; rep++) {
+        const x = await Tensor.from(rand(rng, T * H, 1), [T, H], 'bf16').to('cuda');
+        const a = await layer.forward(x, { returnRouting: true });
+        const b = await layer.forward(x, { returnRouting: true, cudaGraph: false });
+        expect((await bits(a.output)).equals(await bits(b.output))).toBe(true);
+        expect(Array.from((await a.routing.ids.toArray()) as Int32Array)).toEqual(Array.from((await b.routing.ids.toArray()) as Int32Array));
+        expect(Array.from((await a.routing.load.toArray()) as Int32Array)).toEqual(Array.from((await b.routing.load.toArray()) as Int32Array));
+        // Forced routing is an input of the graph too.
+        const ids = await Tensor.from(Int32Array.from({ length: T * k }, (_, i) => (i * 7 + rep) % E), [T, k], 'i32').to('cuda');
+        const fa = await layer.forward(x, { forcedIds: ids });
+        const fb = await layer.forward(x, { forcedIds: ids, cudaGraph: false });
+        expect((await bits(fa)).equals(await bits(fb))).toBe(true);
+        for (const t of [x, a.output, b.output, a.routing.ids, a.routing.weights, a.routing.load, b.routing.ids, b.routing.weights, b.routing.load, ids, fa, fb]) t.dispose();
+      }
+    }
+    layer.dispose();
+  }, 300_000);
 
   test('ops profile with graphs; device copy bandwidth is measured', async () => {
     const rng = new Rng(seed);

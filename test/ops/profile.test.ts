@@ -79,6 +79,19 @@ describe('MoELayer.profile', () => {
     await expect(layer.profile(x, { repeats: 1.5 })).rejects.toThrow(/options\.repeats/);
   });
 
+  test('cudaGraphs / cudaGraph options are checked (and change nothing on the CPU)', async () => {
+    const w = {
+      router: Tensor.zeros([E, H]),
+      gateUp: Tensor.zeros([E, 2 * I, H]),
+      down: Tensor.zeros([E, H, I]),
+    };
+    expect(() => new MoELayer({ hidden: H, intermediate: I, experts: E, routing: { k } }, w, { cudaGraphs: 'yes' as unknown as boolean })).toThrow(/options\.cudaGraphs/);
+    await expect(layer.forward(x, { cudaGraph: 1 as unknown as boolean })).rejects.toThrow(/options\.cudaGraph/);
+    const a = await layer.forward(x, { cudaGraph: false });
+    const b = await layer.forward(x, { cudaGraph: true });
+    expect(Array.from(await a.toFloat32())).toEqual(Array.from(await b.toFloat32()));
+  });
+
   test('a disposed layer rejects with ERR_DISPOSED', async () => {
     const l2 = MoELayer.fromPreset('mixtral', { k: 1 }, { hidden: 8, intermediate: 8, experts: 2 }, {
       router: Tensor.zeros([2, 8]),
