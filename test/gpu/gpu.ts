@@ -19,3 +19,9 @@ export function describeGpu(name: string, fn: () => void): void {
   process.stdout.write(`[test/gpu] skipping "${name}": ${reason}\n`);
   describe.skip(`${name} (skipped: ${reason})`, fn);
 }
+
+/**
+ * Token counts the GPU tests sweep. MOEKIT_GPU_QUICK=1 keeps the small ones, for runs
+ * under compute-sanitizer (scripts/gpu-check.sh), which are ~100x slower.
+ */
+export const GPU_TOKENS: readonly number[] = process.env.MOEKIT_GPU_QUICK ? [1, 7, 128] : [1, 7, 128, 4096, 16384];

@@ -11,7 +11,7 @@ import type { MoELayerWeights } from '../../lib';
 import { testSeed } from '../helpers';
 import { Rng, refGating } from '../reference';
 import { tinyModel, writeModel } from '../pretrained/tiny';
-import { describeGpu } from './gpu';
+import { GPU_TOKENS, describeGpu } from './gpu';
 
 const seed = testSeed('gpu-layer');
 
@@ -26,7 +26,7 @@ describeGpu('MoELayer on CUDA matches the CPU backend', () => {
     { name: 'deepseek-like (257 experts, k = 1)', H: 128, I: 64, E: 257, k: 1, family: 'olmoe' as const },
   ];
   for (const s of shapes) {
-    test(`${s.name}: T = 1, 7, 128, 4096, 16384`, async () => {
+    test(`${s.name}: T = ${GPU_TOKENS.join(', ')}`, async () => {
       const rng = new Rng(seed ^ s.E);
       const weights: MoELayerWeights = {
         router: Tensor.from(randBf16(rng, s.E * s.H, 1 / Math.sqrt(s.H)), [s.E, s.H], 'bf16'),
@@ -35,7 +35,7 @@ describeGpu('MoELayer on CUDA matches the CPU backend', () => {
       };
       const cpu = MoELayer.fromPreset(s.family, { k: s.k }, { hidden: s.H, intermediate: s.I, experts: s.E }, weights);
       const gpu = MoELayer.fromPreset(s.family, { k: s.k }, { hidden: s.H, intermediate: s.I, experts: s.E }, weights, { device: 'cuda' });
-      for (const T of [1, 7, 128, 4096, 16384]) {
+      for (const T of GPU_TOKENS) {
         // x rounded to bf16 so the tensor-core path sees the CPU's inputs exactly.
         const x = Tensor.from(randBf16(rng, T * s.H, 1), [T, s.H], 'bf16');
         const c = await cpu.forward(x, { returnRouting: true, outputDtype: 'f32' });

@@ -7,10 +7,10 @@ import { Tensor, combine, dispatch, gate, groupedGemm } from '../../lib';
 import type { Activation, GateOptions } from '../../lib';
 import { testSeed } from '../helpers';
 import { Rng, awkwardMatrix, refGating, roundTo } from '../reference';
-import { describeGpu } from './gpu';
+import { GPU_TOKENS, describeGpu } from './gpu';
 
 const seed = testSeed('gpu-ops');
-const TOKENS = [1, 7, 128, 4096, 16384];
+const TOKENS = GPU_TOKENS;
 const EXPERTS = [8, 64, 128, 257];
 
 async function both<T>(fn: (device: 'cpu' | 'cuda') => Promise<T>): Promise<[T, T]> {

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Everything a lent GPU machine should run, in one call (see docs/ARCHITECTURE.md, "GPU runs"):
+#
+#   here:   npm install && npm run prepare && bash ../shared/device/stage.sh
+#   there:  bash .device/run.sh bash scripts/gpu-check.sh          (carry [".device"])
+#
+# 1. test/gpu (every op and layer against the CPU backend, graphs, device memory) -> $OUT/gpu-tests.json
+# 2. compute-sanitizer memcheck over the op/layer/graph GPU tests at small sizes -> $OUT/memcheck.log
+# 3. `moekit bench` on the presets, bf16, whole layer -> $OUT/bench.json, $OUT/bench.svg
+# Prints a short summary last. Each step runs even if an earlier one failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/moekit-gpu-check}"
+mkdir -p "$OUT"
+export PATH="/usr/local/cuda/bin:$PATH"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.csv"
+summary=()
+
+node node_modules/.bin/jest --runInBand test/gpu --json --outputFile="$OUT/gpu-tests.json" > "$OUT/gpu-tests.log" 2>&1
+summary+=("test/gpu: exit $? ($(node -e "const r=require('$OUT/gpu-tests.json');console.log(r.numPassedTests+' passed, '+r.numFailedTests+' failed, '+r.numPendingTests+' skipped')" 2>/dev/null || echo 'no results'))")
+
+if command -v compute-sanitizer > /dev/null; then
+  MOEKIT_GPU_QUICK=1 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 99 \
+    node node_modules/.bin/jest --runInBand test/gpu/ops.test.ts test/gpu/layer.test.ts test/gpu/profile.test.ts > "$OUT/memcheck.log" 2>&1
+  summary+=("memcheck: exit $? ($(grep -c 'Invalid\|Error' "$OUT/memcheck.log") lines naming errors; see memcheck.log)")
+else
+  summary+=("memcheck: compute-sanitizer not found")
+fi
+
+if [ -f dist/cli.js ]; then
+  node dist/cli.js bench --device cuda --dtype bf16 --op layer --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3 \
+    --tokens 1,16,128,1024,4096,16384 --json "$OUT/bench.json" --svg "$OUT/bench.svg" > "$OUT/bench.txt" 2>&1
+  summary+=("bench: exit $? (table in bench.txt)")
+fi
+
+tail -n 40 "$OUT/bench.txt" 2>/dev/null
+printf '%s\n' "${summary[@]}"
