@@ -1,5 +1,7 @@
-// File bindings: tensor data read from checkpoint files straight into native memory.
+// File bindings: tensor data read from checkpoint files straight into native memory,
+// files mapped read-only, and byte ranges copied into existing tensors (expert offload).
 #include <algorithm>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -91,11 +93,120 @@ Napi::Value file_size_fn(const Napi::CallbackInfo& info) {
   });
 }
 
+// A mapped file as JavaScript holds it: the External owns one reference; unmapFile drops
+// it early, copies in flight hold their own.
+struct MappingHolder {
+  std::shared_ptr<MappedFile> file;
+};
+constexpr napi_type_tag kMappingTag = {0x6d6f656b69746d61ULL, 0x7070656466696c65ULL};
+
+std::shared_ptr<MappedFile> mapping_of(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (!v.IsExternal() || !v.As<Napi::External<MappingHolder>>().CheckTypeTag(&kMappingTag))
+    throw Napi::TypeError::New(env, std::string("Expected a file mapping for ") + what);
+  MappingHolder* h = v.As<Napi::External<MappingHolder>>().Data();
+  if (!h->file) throw Napi::Error(env, make_error(env, code::kDisposed, "the file mapping has been released"));
+  return h->file;
+}
+
+// mapFile(path) -> {handle, bytes}: maps a whole file read-only (see MappedFile).
+Napi::Value map_file(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto* holder = new MappingHolder();
+    try {
+      holder->file = std::make_shared<MappedFile>(info[0].As<Napi::String>().Utf8Value());
+    } catch (...) {
+      delete holder;
+      throw;
+    }
+    const double bytes = static_cast<double>(holder->file->size());
+    auto ext = Napi::External<MappingHolder>::New(env, holder, [](Napi::Env, MappingHolder* h) { delete h; });
+    ext.TypeTag(&kMappingTag);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("handle", ext);
+    o.Set("bytes", bytes);
+    return o;
+  });
+}
+
+// unmapFile(handle): releases the mapping now (copies in flight keep it until they end).
+Napi::Value unmap_file(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    if (!info[0].IsExternal() || !info[0].As<Napi::External<MappingHolder>>().CheckTypeTag(&kMappingTag))
+      throw Napi::TypeError::New(env, "Expected a file mapping for handle");
+    info[0].As<Napi::External<MappingHolder>>().Data()->file.reset();
+    return env.Undefined();
+  });
+}
+
+// copyRanges([{dst, dstOffset, bytes, mapping? | src?, srcOffset}]) -> Promise<number>
+// Copies byte ranges of mapped files or tensors into byte offsets of existing tensors
+// (all on one device; tensor sources on the host or that device), off the JS thread.
+// Resolves to the milliseconds the copies took. lib/offload has checked the ranges;
+// they are checked again here.
+Napi::Value copy_ranges_fn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    Napi::Array parts = info[0].As<Napi::Array>();
+    std::vector<Tensor> tensors;  // every storage stays alive for the job
+    std::vector<std::shared_ptr<MappedFile>> files;
+    std::vector<RangeCopy> ranges;
+    Device dev;
+    for (uint32_t i = 0; i < parts.Length(); ++i) {
+      Napi::Object p = parts.Get(i).As<Napi::Object>();
+      const Tensor dst = NativeTensor::unwrap(env, p.Get("dst"), "dst");
+      if (i == 0) dev = dst.device();
+      MOEKIT_REQUIRE(dst.device() == dev, "copyRanges: destinations on ", dev.name(), " and ", dst.device().name());
+      const int64_t dst_offset = p.Get("dstOffset").As<Napi::Number>().Int64Value();
+      const int64_t bytes = p.Get("bytes").As<Napi::Number>().Int64Value();
+      const int64_t src_offset = p.Get("srcOffset").As<Napi::Number>().Int64Value();
+      MOEKIT_REQUIRE(bytes >= 0 && dst_offset >= 0 && src_offset >= 0, "copyRanges: negative range");
+      MOEKIT_REQUIRE(dst_offset + bytes <= dst.bytes(), "copyRanges: bytes [", dst_offset, ", ", dst_offset + bytes,
+                     ") run past the destination's ", dst.bytes(), " bytes");
+      RangeCopy r;
+      r.dst = static_cast<char*>(dst.data()) + dst_offset;
+      r.bytes = bytes;
+      if (p.Has("mapping") && !p.Get("mapping").IsUndefined()) {
+        std::shared_ptr<MappedFile> f = mapping_of(env, p.Get("mapping"), "mapping");
+        MOEKIT_REQUIRE(src_offset + bytes <= f->size(), "copyRanges: bytes [", src_offset, ", ", src_offset + bytes,
+                       ") run past the end of ", f->path(), " (", f->size(), " bytes)");
+        r.src = f->data() + src_offset;
+        r.src_on_host = true;
+        files.push_back(std::move(f));
+      } else {
+        const Tensor src = NativeTensor::unwrap(env, p.Get("src"), "src");
+        MOEKIT_REQUIRE(src.device().is_cpu() || src.device() == dev, "copyRanges: a source on ", src.device().name(),
+                       " cannot be copied to ", dev.name());
+        MOEKIT_REQUIRE(src_offset + bytes <= src.bytes(), "copyRanges: bytes [", src_offset, ", ", src_offset + bytes,
+                       ") run past the source's ", src.bytes(), " bytes");
+        r.src = static_cast<const char*>(src.data()) + src_offset;
+        r.src_on_host = src.device().is_cpu();
+        tensors.push_back(src);
+      }
+      tensors.push_back(dst);
+      ranges.push_back(r);
+    }
+    auto ms = std::make_shared<double>(0.0);
+    return Job::start(
+        env, "moekit.copyRanges",
+        [tensors, files, ranges, dev, ms]() {
+          const auto start = std::chrono::steady_clock::now();
+          copy_ranges(dev, ranges);
+          *ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+        },
+        [ms](Napi::Env e) -> Napi::Value { return Napi::Number::New(e, *ms); });
+  });
+}
+
 }  // namespace
 
 void register_io(Napi::Env env, Napi::Object exports) {
   exports.Set("readTensor", Napi::Function::New(env, read_tensor, "readTensor"));
   exports.Set("fileSize", Napi::Function::New(env, file_size_fn, "fileSize"));
+  exports.Set("mapFile", Napi::Function::New(env, map_file, "mapFile"));
+  exports.Set("unmapFile", Napi::Function::New(env, unmap_file, "unmapFile"));
+  exports.Set("copyRanges", Napi::Function::New(env, copy_ranges_fn, "copyRanges"));
 }
 
 }  // namespace moekit::native

@@ -1,6 +1,7 @@
 #include "kernels/common/file_io.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,6 +10,10 @@
 #include <cstring>
 
 #include "kernels/common/error.h"
+#if defined(MOEKIT_WITH_CUDA)
+#include "kernels/cuda/cuda_runtime.h"
+#include "kernels/cuda/host_pinned.h"
+#endif
 
 namespace moekit {
 
@@ -57,6 +62,46 @@ void read_file_range(const std::string& path, int64_t offset, int64_t bytes, voi
            " more bytes were expected (truncated file?)");
     done += got;
   }
+}
+
+MappedFile::MappedFile(const std::string& path) : path_(path) {
+  Fd fd(path);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) fail(code::kIo, "cannot stat ", path, ": ", std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) fail(code::kIo, path, " is not a regular file");
+  size_ = static_cast<int64_t>(st.st_size);
+  if (size_ == 0) return;
+  void* p = ::mmap(nullptr, static_cast<size_t>(size_), PROT_READ, MAP_PRIVATE, fd.get(), 0);
+  if (p == MAP_FAILED) fail(code::kIo, "cannot map ", path, " (", size_, " bytes): ", std::strerror(errno));
+  data_ = static_cast<const char*>(p);
+}
+
+MappedFile::~MappedFile() {
+  if (data_ != nullptr) ::munmap(const_cast<char*>(data_), static_cast<size_t>(size_));
+}
+
+void copy_ranges(Device dst_device, const std::vector<RangeCopy>& ranges) {
+  for (const RangeCopy& r : ranges) MOEKIT_REQUIRE(r.bytes >= 0, "copy_ranges: negative size");
+  if (dst_device.is_cpu()) {
+    for (const RangeCopy& r : ranges) {
+      MOEKIT_REQUIRE(r.src_on_host, "copy_ranges: a host destination needs a host source");
+      if (r.bytes > 0) std::memcpy(r.dst, r.src, static_cast<size_t>(r.bytes));
+    }
+    return;
+  }
+#if defined(MOEKIT_WITH_CUDA)
+  cuda::run_on_device(dst_device.index, [&] {
+    for (const RangeCopy& r : ranges) {
+      if (r.bytes == 0) continue;
+      if (r.src_on_host)
+        cuda::staged_host_to_device(r.dst, r.src, r.bytes);
+      else
+        cuda::device_to_device_async(r.dst, r.src, r.bytes);
+    }
+  });
+#else
+  fail(code::kCudaUnavailable, "copy_ranges: this binary was built without the CUDA backend");
+#endif
 }
 
 }  // namespace moekit
