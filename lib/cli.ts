@@ -5,6 +5,7 @@
  *   [--device cpu|cuda] [--dtype f32|bf16|f16]` runs one MoE layer of a checkpoint on the
  *   input's tensor `x` [T, hidden] and writes `y` [T, hidden], `ids` and `weights` [T, k].
  * - `moekit layers --model DIR [--json]` lists a checkpoint's MoE layers.
+ * - `moekit bench [options]` times layers and ops (lib/bench/cli.ts).
  * Exit codes: 0 success, 1 failure (a MoekitError's message), 2 bad arguments.
  */
 import * as path from 'path';
@@ -21,6 +22,7 @@ const USAGE = `Usage:
   moekit layers --model DIR [--json]
   moekit cache-sim --trace FILE --capacity N --policy lru|lfu|lfru|static|belady
                    [--prefetch affinity] [--per-layer] [--reset-per-sequence] [--json] …
+  moekit bench [--preset LIST] [--tokens LIST] [--op LIST] [--device D] [--json FILE] …
   moekit --help
 
 run-layer  Runs MoE layer N of the Hugging Face checkpoint in DIR (config.json and
@@ -36,6 +38,9 @@ layers     Lists the checkpoint's MoE layers: shapes, experts per token, routing
 cache-sim  Replays an expert-routing trace (.u8 + .json) through an expert-cache policy
            and reports hit rate and experts moved beside Belady's bound (docs/CACHE.md;
            \`moekit cache-sim --help\` lists every option).
+bench      Times MoE layers and ops at the presets' shapes (device and JavaScript wall
+           time, TFLOP/s, GB/s, roofline floor, efficiency); \`moekit bench --help\`
+           lists every option (docs/BENCHMARKS.md).
 
 Exit status: 0 on success, 1 when the work fails, 2 for bad arguments.`;
 
@@ -53,11 +58,11 @@ const COMMANDS: Record<string, { values: string[]; switches: string[]; required:
 };
 
 function parse(argv: string[]): Parsed | 'help' {
-  if (argv.length === 0) throw new UsageError('no command given (run-layer, layers or cache-sim; see moekit --help)');
+  if (argv.length === 0) throw new UsageError('no command given (run-layer, layers, cache-sim or bench; see moekit --help)');
   if (argv.includes('--help') || argv.includes('-h') || argv[0] === 'help') return 'help';
   const [command, ...rest] = argv;
   const spec = COMMANDS[command];
-  if (spec === undefined) throw new UsageError(`unknown command ${JSON.stringify(command)} (commands: ${[...Object.keys(COMMANDS), 'cache-sim'].join(', ')}; see moekit --help)`);
+  if (spec === undefined) throw new UsageError(`unknown command ${JSON.stringify(command)} (commands: ${[...Object.keys(COMMANDS), 'cache-sim', 'bench'].join(', ')}; see moekit --help)`);
   const flags = new Map<string, string | true>();
   for (let i = 0; i < rest.length; i++) {
     const arg = rest[i];
@@ -165,6 +170,11 @@ export async function main(argv: string[]): Promise<number> {
     // The simulator parses its own options (lib/cache/simulate.ts).
     const { runCacheSimCli } = await import('./cache/simulate');
     return runCacheSimCli(argv.slice(1));
+  }
+  if (argv[0] === 'bench') {
+    // The benchmark parses its own options (lib/bench/cli.ts).
+    const { runBenchCli } = await import('./bench/cli');
+    return runBenchCli(argv.slice(1));
   }
   try {
     const parsed = parse(argv);
