@@ -29,7 +29,7 @@ fi
 
 if [ -f dist/cli.js ]; then
   node dist/cli.js bench --device cuda --dtype bf16 --op layer --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3 \
-    --tokens 1,16,128,1024,4096,16384 --json "$OUT/bench.json" --svg "$OUT/bench.svg" > "$OUT/bench.txt" 2>&1
+    --tokens 1,16,128,1024,4096,16384 --json "$OUT/bench.json" --svg "$OUT/bench.svg" --anchors bench/anchors-h100.json > "$OUT/bench.txt" 2>&1
   summary+=("bench: exit $? (table in bench.txt)")
 fi
 
