@@ -90,7 +90,10 @@ void copy_ranges(Device dst_device, const std::vector<RangeCopy>& ranges) {
     return;
   }
 #if defined(MOEKIT_WITH_CUDA)
-  cuda::run_on_device(dst_device.index, [&] {
+  // On the device's copy stream, beside (not behind) its compute work: a forward computes
+  // while the experts it does not need yet arrive. The caller orders reads of the
+  // destination after this call returns (the copy stream is synchronised by then).
+  cuda::run_copy_on_device(dst_device.index, [&] {
     for (const RangeCopy& r : ranges) {
       if (r.bytes == 0) continue;
       if (r.src_on_host)

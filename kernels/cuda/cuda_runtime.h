@@ -44,6 +44,12 @@ void run_on_device(int32_t device, const std::function<void()>& fn);
 // Errors inside fn are dropped. Does nothing when the device does not exist.
 void run_or_defer_on_device(int32_t device, std::function<void()> fn);
 
+// Runs `fn` as the device's copy worker: with the device current, holding the device's
+// copy lock (not its compute lock, so copies overlap compute jobs) and with
+// current_stream() the device's copy stream, which is synchronised before returning.
+// For expert transfers; fn must only enqueue copies (and wait for its own copies).
+void run_copy_on_device(int32_t device, const std::function<void()>& fn);
+
 // Inside run_on_device: the device's stream (a cudaStream_t, opaque here).
 void* current_stream();
 

@@ -15,12 +15,12 @@ inline constexpr int64_t kPinnedBufferBytes = int64_t{8} << 20;  // 8 MiB
 // Most pinned host memory the pool holds at once (all devices together).
 inline constexpr int64_t kPinnedPoolBytes = int64_t{256} << 20;  // 256 MiB
 
-// Inside run_on_device: copies `bytes` of pageable host memory `src` to device memory
+// Inside run_copy_on_device (or run_on_device): copies `bytes` of pageable host memory `src` to device memory
 // `dst` on the current stream through two pinned buffers of the pool; complete on return.
 // Blocks while the pool has no free buffer.
 void staged_host_to_device(void* dst, const void* src, int64_t bytes);
 
-// Inside run_on_device: enqueues a device-to-device copy on the current stream.
+// Inside run_copy_on_device (or run_on_device): enqueues a device-to-device copy on the current stream.
 void device_to_device_async(void* dst, const void* src, int64_t bytes);
 
 // Pinned bytes the pool holds now (allocated buffers, in use or free).

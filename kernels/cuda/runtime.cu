@@ -34,6 +34,8 @@ struct DeviceState {
   std::mutex pending_lock;      // guards pending_frees and pending_tasks
   std::vector<void*> pending_frees;  // freed while the device was busy; released by the worker
   std::vector<std::function<void()>> pending_tasks;  // run_or_defer_on_device while busy
+  std::mutex copy_lock;           // held by the copy worker (run_copy_on_device)
+  cudaStream_t copy_stream = nullptr;
 };
 
 std::vector<DeviceState>& device_states() {
@@ -157,6 +159,31 @@ void run_on_device(int32_t device, const std::function<void()>& fn) {
   MOEKIT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
   // Frees queued by finalizers while this work ran are released now, not at the next op.
   drain_pending_frees(s);
+}
+
+void run_copy_on_device(int32_t device, const std::function<void()>& fn) {
+  MOEKIT_CHECK(tls_device < 0, "copy work for cuda:", device, " requested inside work for cuda:", tls_device);
+  DeviceState& s = state_for(device);
+  std::lock_guard<std::mutex> g(s.copy_lock);
+  MOEKIT_CUDA_CHECK(cudaSetDevice(device));
+  if (s.copy_stream == nullptr) MOEKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&s.copy_stream, cudaStreamNonBlocking));
+  // NOTE: tls_device is set so that allocations made inside run inline on this stream
+  // instead of waiting for the compute lock.
+  tls_stream = s.copy_stream;
+  tls_device = device;
+  struct Reset {
+    ~Reset() {
+      tls_stream = nullptr;
+      tls_device = -1;
+    }
+  } reset;
+  try {
+    fn();
+  } catch (...) {
+    cudaStreamSynchronize(s.copy_stream);
+    throw;
+  }
+  MOEKIT_CUDA_CHECK(cudaStreamSynchronize(s.copy_stream));
 }
 
 void* current_stream() {
