@@ -121,6 +121,10 @@ export interface DeviceMemory {
   poolUsedBytes: number;
   /** Bytes the pool holds from the driver (used + cached for reuse). */
   poolReservedBytes: number;
+  /** Bytes of CUDA graphs' own allocations (the layers' graph caches, profiles). */
+  graphUsedBytes: number;
+  /** Bytes the driver holds for CUDA graphs' allocations. */
+  graphReservedBytes: number;
 }
 
 /**

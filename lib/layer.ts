@@ -126,7 +126,7 @@ export interface MoELayerOptions {
  * Forwards of at most this many tokens use the CUDA-graph cache: there launch overhead
  * matters and the copies in and out of the graph's own buffers are small.
  */
-export const CUDA_GRAPH_MAX_TOKENS = 1024;
+export const CUDA_GRAPH_MAX_TOKENS = 128;
 
 /** One Mixture-of-Experts layer. */
 export class MoELayer {

@@ -38,7 +38,7 @@ export interface NativeBinding {
   };
   setErrorClass(cls: typeof MoekitError): void;
   runtime(): RawRuntime;
-  deviceMemory(index: number): { freeBytes: number; totalBytes: number; poolUsedBytes: number; poolReservedBytes: number };
+  deviceMemory(index: number): { freeBytes: number; totalBytes: number; poolUsedBytes: number; poolReservedBytes: number; graphUsedBytes: number; graphReservedBytes: number };
   [op: string]: unknown;
 }
 

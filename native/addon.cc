@@ -46,7 +46,8 @@ Napi::Value runtime(const Napi::CallbackInfo& info) {
   });
 }
 
-// deviceMemory(index) -> {freeBytes, totalBytes, poolUsedBytes, poolReservedBytes} of a CUDA device.
+// deviceMemory(index) -> {freeBytes, totalBytes, poolUsedBytes, poolReservedBytes, graphUsedBytes,
+// graphReservedBytes} of a CUDA device.
 Napi::Value device_memory(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -56,6 +57,8 @@ Napi::Value device_memory(const Napi::CallbackInfo& info) {
     o.Set("totalBytes", static_cast<double>(m.total_bytes));
     o.Set("poolUsedBytes", static_cast<double>(m.pool_used_bytes));
     o.Set("poolReservedBytes", static_cast<double>(m.pool_reserved_bytes));
+    o.Set("graphUsedBytes", static_cast<double>(m.graph_used_bytes));
+    o.Set("graphReservedBytes", static_cast<double>(m.graph_reserved_bytes));
     return o;
   });
 }

@@ -391,6 +391,15 @@ Prepared prepare_combine(Napi::Env env, const Napi::Object& o) {
 
 using GraphCacheHolder = std::shared_ptr<cuda::LayerGraphCache>;
 
+// Tags the externals createGraphCache makes, so no other External is taken for one.
+const napi_type_tag kGraphCacheTag = {0x6d6f656b69744743ULL, 0x3a6772617068ULL};
+
+bool is_graph_cache(Napi::Env env, const Napi::Value& v) {
+  if (!v.IsExternal()) return false;
+  bool tagged = false;
+  return napi_check_object_type_tag(env, v, &kGraphCacheTag, &tagged) == napi_ok && tagged;
+}
+
 // moeLayerForward({x, routerW, routerB?, wIn, wInUp?, bIn?, bInUp?, wOut, bOut?, layoutIn, layoutOut,
 //   sharedWIn?, sharedWInUp?, sharedWOut?, sharedGate?, sharedIntermediate, forcedIds?, forcedWeights?,
 //   experts, intermediate, activation, alpha, limit, blockSize, capacity, outDtype, graphCache?, ...gating options})
@@ -432,7 +441,7 @@ Prepared prepare_moe_layer_forward(Napi::Env env, const Napi::Object& o) {
   st->layout_in = static_cast<WeightLayout>(get_i64(o, "layoutIn", 0));
   st->layout_out = static_cast<WeightLayout>(get_i64(o, "layoutOut", 0));
   const Napi::Value graphs = o.Get("graphCache");
-  if (dev.is_cuda() && graphs.IsExternal()) st->graphs = *graphs.As<Napi::External<GraphCacheHolder>>().Data();
+  if (dev.is_cuda() && is_graph_cache(env, graphs)) st->graphs = *graphs.As<Napi::External<GraphCacheHolder>>().Data();
   Prepared pr;
   pr.dev = dev;
   pr.alloc = [st, dev] {
@@ -513,13 +522,15 @@ Napi::Value create_graph_cache(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     auto* holder = new GraphCacheHolder(cuda::make_layer_graph_cache());
-    return Napi::External<GraphCacheHolder>::New(env, holder, [](Napi::Env, GraphCacheHolder* h) { delete h; });
+    auto ext = Napi::External<GraphCacheHolder>::New(env, holder, [](Napi::Env, GraphCacheHolder* h) { delete h; });
+    if (napi_type_tag_object(env, ext, &kGraphCacheTag) != napi_ok) throw Napi::Error::New(env, "cannot tag the graph cache");
+    return ext;
   });
 }
 Napi::Value release_graph_cache(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    if (info[0].IsExternal()) info[0].As<Napi::External<GraphCacheHolder>>().Data()->reset();
+    if (is_graph_cache(env, info[0])) info[0].As<Napi::External<GraphCacheHolder>>().Data()->reset();
     return env.Undefined();
   });
 }
@@ -565,11 +576,12 @@ Napi::Value profile_fn(const Napi::CallbackInfo& info) {
     const std::string op = info[0].As<Napi::String>().Utf8Value();
     const Prepared p = preparer_for(op)(env, info[1].As<Napi::Object>());
     const Napi::Object opts = info[2].As<Napi::Object>();
-    const int warmup = static_cast<int>(get_i64(opts, "warmup", 3));
-    const int repeats = static_cast<int>(get_i64(opts, "repeats", 20));
+    const int64_t warmup64 = get_i64(opts, "warmup", 3), repeats64 = get_i64(opts, "repeats", 20);
+    MOEKIT_REQUIRE(warmup64 >= 0 && warmup64 <= 1000000 && repeats64 >= 1 && repeats64 <= 1000000,
+                   "profile needs warmup in [0, 1e6] and repeats in [1, 1e6]");
+    const int warmup = static_cast<int>(warmup64), repeats = static_cast<int>(repeats64);
     const bool graph = get_bool(opts, "graph", true);
     const bool keep = get_bool(opts, "keepOutput", false);
-    MOEKIT_REQUIRE(warmup >= 0 && repeats >= 1, "profile needs warmup >= 0 and repeats >= 1");
     auto result = std::make_shared<cuda::Timing>();
     return Job::start(
         env, "moekit.profile",

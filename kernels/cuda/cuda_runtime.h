@@ -63,6 +63,8 @@ struct MemoryInfo {
   int64_t total_bytes = 0;
   int64_t pool_used_bytes = 0;      // moekit's allocations alive in the device's default pool
   int64_t pool_reserved_bytes = 0;  // memory the pool holds from the driver
+  int64_t graph_used_bytes = 0;      // memory of CUDA graphs' allocation nodes (graph cache, profiles)
+  int64_t graph_reserved_bytes = 0;
 };
 // Waits for the device's worker (so frees queued meanwhile are released) and reports.
 MemoryInfo memory_info(int32_t device);

@@ -1,6 +1,8 @@
 // CUDA-graph replay of MoE layer forwards (see graph_cache.h).
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <list>
 #include <mutex>
@@ -17,10 +19,17 @@ namespace moekit::cuda {
 
 namespace {
 
-// Graphs kept per layer; the least recently used is released beyond this.
-constexpr size_t kMaxEntries = 16;
+// Graphs kept per layer and device; the least recently used is released beyond this.
+constexpr size_t kMaxEntries = 8;
 
-// Everything a captured forward depends on except the buffers the cache owns.
+// Writes a float exactly (hex), so configurations that differ in any bit get different keys.
+void put_float(std::ostringstream& k, float v) {
+  uint32_t bits = 0;
+  std::memcpy(&bits, &v, sizeof bits);
+  k << std::hex << bits << std::dec << ',';
+}
+
+// Everything a captured forward depends on except the input/output buffers.
 std::string config_key(const MoELayerParams& p, int device) {
   std::ostringstream k;
   auto w = [&](const WeightRef& r) { k << r.data << ':' << static_cast<int>(r.dtype) << ':' << static_cast<int>(r.layout) << ','; };
@@ -30,16 +39,22 @@ std::string config_key(const MoELayerParams& p, int device) {
   w(p.router_b);
   k << g.experts << ',' << g.null_experts << ',' << g.k << ',' << static_cast<int>(g.scoring) << ','
     << static_cast<int>(g.selection) << ',' << g.logit_bias << ',' << g.correction_bias << ',' << g.n_group << ','
-    << g.topk_group << ',' << g.renormalize << ',' << g.routed_scaling << ',' << g.top_p << ',' << g.capacity_factor
-    << ',' << g.choice_k << ',' << g.sinkhorn_iters << '|';
-  k << (p.forced_ids != nullptr) << (p.forced_weights != nullptr) << '|' << p.experts << ',' << p.intermediate << ',';
+    << g.topk_group << ',' << g.renormalize << ',' << g.choice_k << ',' << g.sinkhorn_iters << ',';
+  put_float(k, g.routed_scaling);
+  put_float(k, g.top_p);
+  put_float(k, g.capacity_factor);
+  k << '|' << (p.forced_ids != nullptr) << (p.forced_weights != nullptr) << (p.dropped != nullptr) << '|' << p.experts
+    << ',' << p.intermediate << ',';
   w(p.w_in);
   w(p.w_in_up);
   w(p.b_in);
   w(p.b_in_up);
   w(p.w_out);
   w(p.b_out);
-  k << static_cast<int>(p.activation) << ',' << p.alpha << ',' << p.limit << '|' << p.shared_intermediate << ',';
+  k << static_cast<int>(p.activation) << ',';
+  put_float(k, p.alpha);
+  put_float(k, p.limit);
+  k << '|' << p.shared_intermediate << ',';
   w(p.shared_w_in);
   w(p.shared_w_in_up);
   w(p.shared_w_out);
@@ -48,12 +63,11 @@ std::string config_key(const MoELayerParams& p, int device) {
   return k.str();
 }
 
-struct Entry {
-  std::string key;
+// The buffers every graph of one device reads its inputs from and writes its outputs to.
+// Shared by all of that device's graphs (their replays are serialised on the device's
+// stream); grown on demand, which releases the graphs captured over the old ones.
+struct IoBuffers {
   int device = 0;
-  bool capturable = true;
-  cudaGraphExec_t exec = nullptr;
-  // Buffers the graph reads and writes: inputs x, forced ids/weights; outputs.
   void* x = nullptr;
   void* forced_ids = nullptr;
   void* forced_weights = nullptr;
@@ -62,20 +76,40 @@ struct Entry {
   void* weights = nullptr;
   void* load = nullptr;
   void* dropped = nullptr;
-  int64_t x_bytes = 0, ids_bytes = 0, y_bytes = 0, load_bytes = 0;
+  int64_t x_cap = 0, pairs_cap = 0, y_cap = 0, load_cap = 0;  // bytes
 };
 
-// Releases an entry's graph and buffers; runs on the entry's device worker.
-void release_entry(Entry& e, cudaStream_t s) {
-  if (e.exec != nullptr) {
-    cudaStreamSynchronize(s);  // no replay of it may still be running
-    cudaGraphExecDestroy(e.exec);
-  }
-  for (void** ptr : {&e.x, &e.forced_ids, &e.forced_weights, &e.y, &e.ids, &e.weights, &e.load, &e.dropped}) {
+struct Entry {
+  std::string key;
+  int device = 0;
+  bool capturable = true;
+  cudaGraphExec_t exec = nullptr;
+};
+
+// Sizes (bytes) a forward needs of the I/O buffers.
+struct IoNeed {
+  int64_t x, pairs, y, load;
+};
+IoNeed io_need(const MoELayerParams& p) {
+  return {p.tokens * p.hidden * dtype_size(p.x_dtype), p.tokens * p.gating.k * 4,
+          p.tokens * p.hidden * dtype_size(p.y_dtype), p.experts * 4};
+}
+
+void free_io(IoBuffers& b, cudaStream_t s) {
+  for (void** ptr : {&b.x, &b.forced_ids, &b.forced_weights, &b.y, &b.ids, &b.weights, &b.load, &b.dropped}) {
     if (*ptr != nullptr) cudaFreeAsync(*ptr, s);
     *ptr = nullptr;
   }
+  b.x_cap = b.pairs_cap = b.y_cap = b.load_cap = 0;
+  cudaGetLastError();
+}
+
+// Releases a graph. Per the driver documentation an executable graph still in flight is
+// freed when it completes, so no synchronisation is needed.
+void release_exec(Entry& e) {
+  if (e.exec != nullptr) cudaGraphExecDestroy(e.exec);
   e.exec = nullptr;
+  cudaGetLastError();
 }
 
 void* alloc_or_throw(int64_t bytes, cudaStream_t s) {
@@ -89,49 +123,40 @@ void* alloc_or_throw(int64_t bytes, cudaStream_t s) {
   return p;
 }
 
-// Allocates the entry's buffers and captures the forward into a graph that uses them.
-void build(Entry& e, const MoELayerParams& p, cudaStream_t s) {
-  const int64_t T = p.tokens, K = p.gating.k;
-  e.x_bytes = T * p.hidden * dtype_size(p.x_dtype);
-  e.ids_bytes = T * K * 4;
-  e.y_bytes = T * p.hidden * dtype_size(p.y_dtype);
-  e.load_bytes = p.experts * 4;
-  e.x = alloc_or_throw(e.x_bytes, s);
-  if (p.forced_ids != nullptr) e.forced_ids = alloc_or_throw(e.ids_bytes, s);
-  if (p.forced_weights != nullptr) e.forced_weights = alloc_or_throw(e.ids_bytes, s);
-  e.y = alloc_or_throw(e.y_bytes, s);
-  e.ids = alloc_or_throw(e.ids_bytes, s);
-  e.weights = alloc_or_throw(e.ids_bytes, s);
-  e.load = alloc_or_throw(e.load_bytes, s);
-  e.dropped = alloc_or_throw(8, s);
+// Captures the forward over the I/O buffers into e.exec. A forward that cannot be
+// captured (the capture is invalidated: some step synchronises or is not capturable)
+// leaves e.capturable false and e.exec null; other errors are thrown.
+void capture_entry(Entry& e, const MoELayerParams& p, const IoBuffers& b, cudaStream_t s) {
   MoELayerParams q = p;
-  q.x = e.x;
-  q.forced_ids = static_cast<const int32_t*>(e.forced_ids);
-  q.forced_weights = static_cast<const float*>(e.forced_weights);
-  q.y = e.y;
-  q.ids = static_cast<int32_t*>(e.ids);
-  q.weights = static_cast<float*>(e.weights);
-  q.load = static_cast<int32_t*>(e.load);
-  q.dropped = static_cast<int64_t*>(e.dropped);
+  q.x = b.x;
+  q.forced_ids = p.forced_ids != nullptr ? static_cast<const int32_t*>(b.forced_ids) : nullptr;
+  q.forced_weights = p.forced_weights != nullptr ? static_cast<const float*>(b.forced_weights) : nullptr;
+  q.y = b.y;
+  q.ids = static_cast<int32_t*>(b.ids);
+  q.weights = static_cast<float*>(b.weights);
+  q.load = static_cast<int32_t*>(b.load);
+  q.dropped = p.dropped != nullptr ? static_cast<int64_t*>(b.dropped) : nullptr;
   MOEKIT_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
   cudaGraph_t graph = nullptr;
   try {
     moe_layer_forward(q, s);
   } catch (...) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    cudaStreamIsCapturing(s, &status);
     cudaStreamEndCapture(s, &graph);
     if (graph != nullptr) cudaGraphDestroy(graph);
     cudaGetLastError();
-    throw;
+    if (status != cudaStreamCaptureStatusInvalidated) throw;
+    e.capturable = false;  // a step is not capturable: run this configuration eagerly
+    return;
   }
   cudaError_t err = cudaStreamEndCapture(s, &graph);
   if (err == cudaSuccess) err = cudaGraphInstantiate(&e.exec, graph, 0);
   if (graph != nullptr) cudaGraphDestroy(graph);
   if (err != cudaSuccess) {
-    // Not capturable (some step synchronises or allocates outside the pool): remembered,
-    // so this configuration runs eagerly from now on without trying again.
     cudaGetLastError();
     e.exec = nullptr;
-    release_entry(e, s);
+    if (err == cudaErrorMemoryAllocation) fail(code::kCudaOutOfMemory, "out of device memory instantiating a CUDA graph");
     e.capturable = false;
   }
 }
@@ -141,9 +166,21 @@ void build(Entry& e, const MoELayerParams& p, cudaStream_t s) {
 class LayerGraphCache {
  public:
   ~LayerGraphCache() {
-    for (const Entry& e : entries_) {
-      Entry copy = e;
-      run_or_defer_on_device(copy.device, [copy]() mutable { release_entry(copy, static_cast<cudaStream_t>(current_stream())); });
+    try {
+      for (Entry& e : entries_) {
+        const cudaGraphExec_t exec = e.exec;
+        if (exec != nullptr) run_or_defer_on_device(e.device, [exec] { cudaGraphExecDestroy(exec); });
+      }
+      for (IoBuffers& b : io_) {
+        IoBuffers copy = b;
+        run_or_defer_on_device(copy.device, [copy]() mutable {
+          free_io(copy, static_cast<cudaStream_t>(current_stream()));
+          cudaDeviceGraphMemTrim(copy.device);
+          cudaGetLastError();
+        });
+      }
+    } catch (...) {
+      // Out of host memory while queueing the release: the device memory stays until exit.
     }
   }
 
@@ -151,82 +188,116 @@ class LayerGraphCache {
     int device = 0;
     MOEKIT_CUDA_CHECK(cudaGetDevice(&device));
     const std::string key = config_key(p, device);
-    // Entries of one device are used only by that device's worker, which holds the
-    // device lock; the mutex guards the list against other devices' workers.
+    // One device's entries and buffers are used only by that device's worker, which
+    // holds the device's compute lock; the mutex guards the lists against other devices'.
+    std::unique_lock<std::mutex> g(lock_);
+    IoBuffers& b = io_for(device);
     Entry* e = nullptr;
-    bool fresh = false;
-    {
-      std::lock_guard<std::mutex> g(lock_);
-      for (auto it = entries_.begin(); it != entries_.end(); ++it)
-        if (it->key == key) {
-          entries_.splice(entries_.begin(), entries_, it);  // most recently used first
-          e = &entries_.front();
-          break;
-        }
-      if (e == nullptr) {
-        entries_.emplace_front();
+    for (auto it = entries_.begin(); it != entries_.end(); ++it)
+      if (it->key == key) {
+        entries_.splice(entries_.begin(), entries_, it);  // most recently used first
         e = &entries_.front();
-        e->key = key;
-        e->device = device;
-        fresh = true;
+        break;
       }
+    if (e != nullptr && !e->capturable) return false;
+    const IoNeed need = io_need(p);
+    if (need.x > b.x_cap || need.pairs > b.pairs_cap || need.y > b.y_cap || need.load > b.load_cap) {
+      // Every graph of this device was captured over the old buffers.
+      release_device(device, s);
+      grow(b, need, s);
+      e = nullptr;
     }
-    if (!e->capturable) return false;
-    if (fresh) {
+    if (e == nullptr) {
+      entries_.emplace_front();
+      e = &entries_.front();
+      e->key = key;
+      e->device = device;
       try {
-        build(*e, p, s);
+        capture_entry(*e, p, b, s);
       } catch (...) {
-        drop(key, s);
+        entries_.pop_front();
         throw;
       }
-      trim(device, s);
+      trim(device);
       if (!e->capturable) return false;
     }
     const cudaMemcpyKind d2d = cudaMemcpyDeviceToDevice;
-    MOEKIT_CUDA_CHECK(cudaMemcpyAsync(e->x, p.x, static_cast<size_t>(e->x_bytes), d2d, s));
-    if (p.forced_ids != nullptr) MOEKIT_CUDA_CHECK(cudaMemcpyAsync(e->forced_ids, p.forced_ids, static_cast<size_t>(e->ids_bytes), d2d, s));
-    if (p.forced_weights != nullptr) MOEKIT_CUDA_CHECK(cudaMemcpyAsync(e->forced_weights, p.forced_weights, static_cast<size_t>(e->ids_bytes), d2d, s));
+    MOEKIT_CUDA_CHECK(cudaMemcpyAsync(b.x, p.x, static_cast<size_t>(need.x), d2d, s));
+    if (p.forced_ids != nullptr) MOEKIT_CUDA_CHECK(cudaMemcpyAsync(b.forced_ids, p.forced_ids, static_cast<size_t>(need.pairs), d2d, s));
+    if (p.forced_weights != nullptr) MOEKIT_CUDA_CHECK(cudaMemcpyAsync(b.forced_weights, p.forced_weights, static_cast<size_t>(need.pairs), d2d, s));
     MOEKIT_CUDA_CHECK(cudaGraphLaunch(e->exec, s));
-    MOEKIT_CUDA_CHECK(cudaMemcpyAsync(p.y, e->y, static_cast<size_t>(e->y_bytes), d2d, s));
-    MOEKIT_CUDA_CHECK(cudaMemcpyAsync(p.ids, e->ids, static_cast<size_t>(e->ids_bytes), d2d, s));
-    MOEKIT_CUDA_CHECK(cudaMemcpyAsync(p.weights, e->weights, static_cast<size_t>(e->ids_bytes), d2d, s));
-    MOEKIT_CUDA_CHECK(cudaMemcpyAsync(p.load, e->load, static_cast<size_t>(e->load_bytes), d2d, s));
-    MOEKIT_CUDA_CHECK(cudaMemcpyAsync(p.dropped, e->dropped, 8, d2d, s));
+    MOEKIT_CUDA_CHECK(cudaMemcpyAsync(p.y, b.y, static_cast<size_t>(need.y), d2d, s));
+    MOEKIT_CUDA_CHECK(cudaMemcpyAsync(p.ids, b.ids, static_cast<size_t>(need.pairs), d2d, s));
+    MOEKIT_CUDA_CHECK(cudaMemcpyAsync(p.weights, b.weights, static_cast<size_t>(need.pairs), d2d, s));
+    MOEKIT_CUDA_CHECK(cudaMemcpyAsync(p.load, b.load, static_cast<size_t>(need.load), d2d, s));
+    if (p.dropped != nullptr) MOEKIT_CUDA_CHECK(cudaMemcpyAsync(p.dropped, b.dropped, 8, d2d, s));
     return true;
   }
 
  private:
-  // Removes the entry for key (built partially or not at all) and frees what it holds.
-  void drop(const std::string& key, cudaStream_t s) {
-    std::lock_guard<std::mutex> g(lock_);
-    for (auto it = entries_.begin(); it != entries_.end(); ++it)
-      if (it->key == key) {
-        release_entry(*it, s);
-        entries_.erase(it);
-        return;
-      }
+  IoBuffers& io_for(int device) {
+    for (IoBuffers& b : io_)
+      if (b.device == device) return b;
+    io_.emplace_back();
+    io_.back().device = device;
+    return io_.back();
   }
 
-  // Releases this device's least recently used entries beyond kMaxEntries.
-  void trim(int device, cudaStream_t s) {
-    std::lock_guard<std::mutex> g(lock_);
-    size_t kept = 0;
+  // Grows b to at least `need` (never shrinks), all of its buffers reallocated.
+  static void grow(IoBuffers& b, const IoNeed& need, cudaStream_t s) {
+    const IoNeed cap{std::max(need.x, b.x_cap), std::max(need.pairs, b.pairs_cap), std::max(need.y, b.y_cap),
+                     std::max(need.load, b.load_cap)};
+    free_io(b, s);
+    b.x = alloc_or_throw(cap.x, s);
+    b.forced_ids = alloc_or_throw(cap.pairs, s);
+    b.forced_weights = alloc_or_throw(cap.pairs, s);
+    b.y = alloc_or_throw(cap.y, s);
+    b.ids = alloc_or_throw(cap.pairs, s);
+    b.weights = alloc_or_throw(cap.pairs, s);
+    b.load = alloc_or_throw(cap.load, s);
+    b.dropped = alloc_or_throw(8, s);
+    b.x_cap = cap.x;
+    b.pairs_cap = cap.pairs;
+    b.y_cap = cap.y;
+    b.load_cap = cap.load;
+  }
+
+  // Releases every graph of one device (its memory back to the driver's graph pool).
+  void release_device(int device, cudaStream_t) {
     for (auto it = entries_.begin(); it != entries_.end();) {
-      if (it->device != device) {
-        ++it;
-        continue;
-      }
-      if (++kept > kMaxEntries) {
-        release_entry(*it, s);
+      if (it->device == device) {
+        release_exec(*it);
         it = entries_.erase(it);
       } else {
         ++it;
       }
     }
+    cudaDeviceGraphMemTrim(device);
+    cudaGetLastError();
+  }
+
+  // Releases this device's least recently used entries beyond kMaxEntries.
+  void trim(int device) {
+    size_t kept = 0;
+    bool released = false;
+    for (auto it = entries_.begin(); it != entries_.end();) {
+      if (it->device == device && ++kept > kMaxEntries) {
+        release_exec(*it);
+        it = entries_.erase(it);
+        released = true;
+      } else {
+        ++it;
+      }
+    }
+    if (released) {
+      cudaDeviceGraphMemTrim(device);
+      cudaGetLastError();
+    }
   }
 
   std::mutex lock_;
   std::list<Entry> entries_;  // std::list: pointers to entries stay valid across splices
+  std::list<IoBuffers> io_;   // one per device used
 };
 
 std::shared_ptr<LayerGraphCache> make_layer_graph_cache() { return std::make_shared<LayerGraphCache>(); }

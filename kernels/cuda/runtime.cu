@@ -46,7 +46,8 @@ std::vector<DeviceState>& device_states() {
 }
 
 thread_local cudaStream_t tls_stream = nullptr;
-thread_local int32_t tls_device = -1;
+thread_local int32_t tls_device = -1;  // set only while holding that device's compute lock
+thread_local bool tls_copy_worker = false;
 
 DeviceState& state_for(int32_t device) {
   require_device(device);
@@ -72,7 +73,13 @@ void drain_pending_frees(DeviceState& s) {
     tasks.swap(s.pending_tasks);
   }
   for (void* p : frees) cudaFreeAsync(p, s.stream);
+  cudaGetLastError();  // a failed free must not surface as the next launch's error
   for (const auto& t : tasks) run_quietly(t);
+}
+
+bool has_pending(DeviceState& s) {
+  std::lock_guard<std::mutex> g(s.pending_lock);
+  return !s.pending_frees.empty() || !s.pending_tasks.empty();
 }
 
 }  // namespace
@@ -128,26 +135,24 @@ void require_device(int32_t device) {
          " device(s) found)");
 }
 
-void run_on_device(int32_t device, const std::function<void()>& fn) {
-  if (tls_device == device) {  // already this device's worker: run inline (the lock is held)
-    fn();
-    return;
-  }
-  // NOTE: holding two device locks could deadlock against a thread taking them in the
-  // other order; cross-device work goes through the host.
-  MOEKIT_CHECK(tls_device < 0, "work for cuda:", device, " requested inside work for cuda:", tls_device);
-  DeviceState& s = state_for(device);
+namespace {
+
+// The worker proper: the device lock, the device current, its stream; synchronised at the end.
+void run_locked(DeviceState& s, int32_t device, const std::function<void()>& fn) {
   std::lock_guard<std::mutex> g(s.lock);
   MOEKIT_CUDA_CHECK(cudaSetDevice(device));
   if (s.stream == nullptr) MOEKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
-  tls_stream = s.stream;
-  tls_device = device;
+  // Restored on exit (a copy worker allocating device memory comes through here).
   struct Reset {
+    cudaStream_t stream = tls_stream;
+    int32_t device = tls_device;
     ~Reset() {
-      tls_stream = nullptr;
-      tls_device = -1;
+      tls_stream = stream;
+      tls_device = device;
     }
   } reset;
+  tls_stream = s.stream;
+  tls_device = device;
   drain_pending_frees(s);
   try {
     fn();
@@ -161,20 +166,54 @@ void run_on_device(int32_t device, const std::function<void()>& fn) {
   drain_pending_frees(s);
 }
 
+// Frees and tasks queued while the worker was finishing (after its last drain, before it
+// unlocked) would otherwise wait for the next job: drained here if the device is idle.
+void drain_if_idle(DeviceState& s, int32_t device) {
+  while (has_pending(s)) {
+    std::unique_lock<std::mutex> g(s.lock, std::try_to_lock);
+    if (!g.owns_lock()) return;  // the worker that holds it drains when it finishes
+    if (cudaSetDevice(device) != cudaSuccess) {
+      cudaGetLastError();
+      return;
+    }
+    const cudaStream_t saved_stream = tls_stream;
+    tls_stream = s.stream;
+    tls_device = device;
+    drain_pending_frees(s);
+    tls_stream = saved_stream;
+    tls_device = -1;
+  }
+}
+
+}  // namespace
+
+void run_on_device(int32_t device, const std::function<void()>& fn) {
+  if (tls_device == device) {  // already this device's worker: run inline (the lock is held)
+    fn();
+    return;
+  }
+  // NOTE: holding two device locks could deadlock against a thread taking them in the
+  // other order; cross-device work goes through the host.
+  MOEKIT_CHECK(tls_device < 0, "work for cuda:", device, " requested inside work for cuda:", tls_device);
+  DeviceState& s = state_for(device);
+  run_locked(s, device, fn);
+  drain_if_idle(s, device);
+}
+
 void run_copy_on_device(int32_t device, const std::function<void()>& fn) {
-  MOEKIT_CHECK(tls_device < 0, "copy work for cuda:", device, " requested inside work for cuda:", tls_device);
+  MOEKIT_CHECK(tls_device < 0 && !tls_copy_worker, "copy work for cuda:", device, " requested inside other device work");
   DeviceState& s = state_for(device);
   std::lock_guard<std::mutex> g(s.copy_lock);
   MOEKIT_CUDA_CHECK(cudaSetDevice(device));
   if (s.copy_stream == nullptr) MOEKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&s.copy_stream, cudaStreamNonBlocking));
-  // NOTE: tls_device is set so that allocations made inside run inline on this stream
-  // instead of waiting for the compute lock.
+  // NOTE: tls_device stays unset: this thread does not hold the compute lock, so frees and
+  // deferred releases from here go through the lock (or its queue), never inline.
   tls_stream = s.copy_stream;
-  tls_device = device;
+  tls_copy_worker = true;
   struct Reset {
     ~Reset() {
       tls_stream = nullptr;
-      tls_device = -1;
+      tls_copy_worker = false;
     }
   } reset;
   try {
@@ -279,6 +318,11 @@ MemoryInfo memory_info(int32_t device) {
     m.total_bytes = static_cast<int64_t>(total_b);
     m.pool_used_bytes = static_cast<int64_t>(used);
     m.pool_reserved_bytes = static_cast<int64_t>(reserved);
+    unsigned long long graph_used = 0, graph_reserved = 0;  // cuuint64_t
+    MOEKIT_CUDA_CHECK(cudaDeviceGetGraphMemAttribute(device, cudaGraphMemAttrUsedMemCurrent, &graph_used));
+    MOEKIT_CUDA_CHECK(cudaDeviceGetGraphMemAttribute(device, cudaGraphMemAttrReservedMemCurrent, &graph_reserved));
+    m.graph_used_bytes = static_cast<int64_t>(graph_used);
+    m.graph_reserved_bytes = static_cast<int64_t>(graph_reserved);
   });
   return m;
 }
@@ -304,20 +348,25 @@ bool capture(const std::function<void(void*)>& body, cudaStream_t s, ReplayResou
   try {
     body(s);
   } catch (...) {
+    // A step that cannot be captured invalidates the capture (and throws here): the
+    // work then runs eagerly. Any other error is the work's own and is thrown.
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    cudaStreamIsCapturing(s, &status);
     cudaGraph_t g = nullptr;
     cudaStreamEndCapture(s, &g);
     if (g != nullptr) cudaGraphDestroy(g);
     cudaGetLastError();
-    throw;
+    if (status != cudaStreamCaptureStatusInvalidated) throw;
+    return false;
   }
   cudaError_t err = cudaStreamEndCapture(s, &res.graph);
   if (err == cudaSuccess) err = cudaGraphInstantiate(&res.exec, res.graph, 0);
   if (err != cudaSuccess) {
     cudaGetLastError();
-    if (res.exec != nullptr) cudaGraphExecDestroy(res.exec);
+    res.exec = nullptr;  // not valid after a failed instantiation
     if (res.graph != nullptr) cudaGraphDestroy(res.graph);
-    res.exec = nullptr;
     res.graph = nullptr;
+    if (err == cudaErrorMemoryAllocation) fail(code::kCudaOutOfMemory, "out of device memory instantiating a CUDA graph");
     return false;
   }
   return true;
