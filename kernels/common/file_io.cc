@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "kernels/common/error.h"
@@ -80,20 +81,20 @@ MappedFile::~MappedFile() {
   if (data_ != nullptr) ::munmap(const_cast<char*>(data_), static_cast<size_t>(size_));
 }
 
-void copy_ranges(Device dst_device, const std::vector<RangeCopy>& ranges) {
+double copy_ranges(Device dst_device, const std::vector<RangeCopy>& ranges) {
   for (const RangeCopy& r : ranges) MOEKIT_REQUIRE(r.bytes >= 0, "copy_ranges: negative size");
   if (dst_device.is_cpu()) {
-    for (const RangeCopy& r : ranges) {
-      MOEKIT_REQUIRE(r.src_on_host, "copy_ranges: a host destination needs a host source");
+    for (const RangeCopy& r : ranges) MOEKIT_REQUIRE(r.src_on_host, "copy_ranges: a host destination needs a host source");
+    const auto start = std::chrono::steady_clock::now();
+    for (const RangeCopy& r : ranges)
       if (r.bytes > 0) std::memcpy(r.dst, r.src, static_cast<size_t>(r.bytes));
-    }
-    return;
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   }
 #if defined(MOEKIT_WITH_CUDA)
   // On the device's copy stream, beside (not behind) its compute work: a forward computes
   // while the experts it does not need yet arrive. The caller orders reads of the
   // destination after this call returns (the copy stream is synchronised by then).
-  cuda::run_copy_on_device(dst_device.index, [&] {
+  return cuda::run_copy_on_device(dst_device.index, [&] {
     for (const RangeCopy& r : ranges) {
       if (r.bytes == 0) continue;
       if (r.src_on_host)

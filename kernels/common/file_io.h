@@ -52,7 +52,8 @@ struct RangeCopy {
 
 // Copies every range onto `dst_device` (the host, or a CUDA device: host sources go
 // through the bounded pool of pinned staging buffers of kernels/cuda/host_pinned.h).
-// Complete on return.
-void copy_ranges(Device dst_device, const std::vector<RangeCopy>& ranges);
+// Complete on return. Returns the copy's time in ms (on a GPU without the wait for the
+// device's copy lock).
+double copy_ranges(Device dst_device, const std::vector<RangeCopy>& ranges);
 
 }  // namespace moekit

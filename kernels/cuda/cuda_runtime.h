@@ -48,7 +48,9 @@ void run_or_defer_on_device(int32_t device, std::function<void()> fn);
 // copy lock (not its compute lock, so copies overlap compute jobs) and with
 // current_stream() the device's copy stream, which is synchronised before returning.
 // For expert transfers; fn must only enqueue copies (and wait for its own copies).
-void run_copy_on_device(int32_t device, const std::function<void()>& fn);
+// Returns the ms spent holding the copy lock (fn and the final synchronisation), i.e.
+// the transfer time without the wait for the lock.
+double run_copy_on_device(int32_t device, const std::function<void()>& fn);
 
 // Inside run_on_device: the device's stream (a cudaStream_t, opaque here).
 void* current_stream();

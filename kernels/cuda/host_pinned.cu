@@ -62,7 +62,10 @@ struct Staging {
   void* buf[2] = {nullptr, nullptr};
   cudaEvent_t done[2] = {nullptr, nullptr};
   bool pending[2] = {false, false};
+  cudaStream_t stream = nullptr;
+  bool queued = false;  // a copy was queued: on an error path its event may be missing
   ~Staging() {
+    if (queued) cudaStreamSynchronize(stream);  // no DMA may still read a buffer handed back
     for (int i = 0; i < 2; ++i) {
       if (pending[i]) cudaEventSynchronize(done[i]);  // never hand back a buffer a copy still reads
       if (done[i] != nullptr) cudaEventDestroy(done[i]);
@@ -77,6 +80,7 @@ void staged_host_to_device(void* dst, const void* src, int64_t bytes) {
   if (bytes <= 0) return;
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream());
   Staging s;
+  s.stream = stream;
   const int n = bytes > kPinnedBufferBytes ? 2 : 1;
   for (int i = 0; i < n; ++i) {
     s.buf[i] = pool().acquire();
@@ -94,6 +98,7 @@ void staged_host_to_device(void* dst, const void* src, int64_t bytes) {
       s.pending[b] = false;
     }
     std::memcpy(s.buf[b], from + done, static_cast<size_t>(m));
+    s.queued = true;
     MOEKIT_CUDA_CHECK(cudaMemcpyAsync(to + done, s.buf[b], static_cast<size_t>(m), cudaMemcpyHostToDevice, stream));
     MOEKIT_CUDA_CHECK(cudaEventRecord(s.done[b], stream));
     s.pending[b] = true;
@@ -103,6 +108,7 @@ void staged_host_to_device(void* dst, const void* src, int64_t bytes) {
     if (s.pending[i]) MOEKIT_CUDA_CHECK(cudaEventSynchronize(s.done[i]));
     s.pending[i] = false;
   }
+  s.queued = false;
 }
 
 void device_to_device_async(void* dst, const void* src, int64_t bytes) {

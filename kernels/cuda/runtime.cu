@@ -3,6 +3,7 @@
 // binary containing this file loads on machines without a GPU or a driver.
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <mutex>
 #include <vector>
 
@@ -200,10 +201,11 @@ void run_on_device(int32_t device, const std::function<void()>& fn) {
   drain_if_idle(s, device);
 }
 
-void run_copy_on_device(int32_t device, const std::function<void()>& fn) {
+double run_copy_on_device(int32_t device, const std::function<void()>& fn) {
   MOEKIT_CHECK(tls_device < 0 && !tls_copy_worker, "copy work for cuda:", device, " requested inside other device work");
   DeviceState& s = state_for(device);
   std::lock_guard<std::mutex> g(s.copy_lock);
+  const auto start = std::chrono::steady_clock::now();
   MOEKIT_CUDA_CHECK(cudaSetDevice(device));
   if (s.copy_stream == nullptr) MOEKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&s.copy_stream, cudaStreamNonBlocking));
   // NOTE: tls_device stays unset: this thread does not hold the compute lock, so frees and
@@ -223,6 +225,7 @@ void run_copy_on_device(int32_t device, const std::function<void()>& fn) {
     throw;
   }
   MOEKIT_CUDA_CHECK(cudaStreamSynchronize(s.copy_stream));
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
 void* current_stream() {

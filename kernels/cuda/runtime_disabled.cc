@@ -32,7 +32,7 @@ const RuntimeInfo& runtime_info() {
 
 void require_device(int32_t) { not_compiled(); }
 void run_on_device(int32_t, const std::function<void()>&) { not_compiled(); }
-void run_copy_on_device(int32_t, const std::function<void()>&) { not_compiled(); }
+double run_copy_on_device(int32_t, const std::function<void()>&) { not_compiled(); }
 void* current_stream() { not_compiled(); }
 void* device_alloc(int32_t, int64_t) { not_compiled(); }
 void device_free(int32_t, void*) {}

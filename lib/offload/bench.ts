@@ -96,11 +96,15 @@ function parseArgs(argv: string[]): Args | 'help' {
   return a;
 }
 
-/** Bytes per second of copying `bytes` from `src` to `dst` (best of 3). */
-async function bandwidth(dst: Tensor, src: Tensor, bytes: number): Promise<number> {
+/**
+ * Bytes per second of copying `bytes` from `src` to `dst` (best of 3). `traffic` = bytes of
+ * memory traffic per byte copied: 1 for host → device (what crosses the link), 2 within
+ * one memory (read + written), as `moekit bench` counts bandwidth.
+ */
+async function bandwidth(dst: Tensor, src: Tensor, bytes: number, traffic: 1 | 2): Promise<number> {
   let best = Infinity;
   for (let i = 0; i < 3; i++) best = Math.min(best, await copyTensorRanges([{ dst, dstOffset: 0, src, srcOffset: 0, bytes }]));
-  return bytes / (best / 1e3);
+  return (traffic * bytes) / (best / 1e3);
 }
 
 /** One pattern slice per role, replicated into [E, …] host tensors natively. */
@@ -191,8 +195,8 @@ export async function runOffloadBenchCli(argv: string[], io: { out: (s: string) 
     const devA = Tensor.empty([probeBytes / 4], 'i32', device.name);
     const devB = Tensor.empty([probeBytes / 4], 'i32', device.name);
     made.push(devA, devB);
-    const h2d = await bandwidth(devA, hostBuf, probeBytes);
-    const dev = await bandwidth(devB, devA, probeBytes);
+    const h2d = await bandwidth(devA, hostBuf, probeBytes, 1);
+    const dev = await bandwidth(devB, devA, probeBytes, 2);
     // Routing per (token, layer): the trace's ids, else uniform random distinct ids.
     let rs = 12345;
     const rand = () => ((rs = (Math.imul(rs, 1664525) + 1013904223) >>> 0) / 4294967296);

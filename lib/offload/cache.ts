@@ -170,6 +170,9 @@ export class DeviceExpertCache {
             throw err;
           },
         );
+        // A prefetch copy's failure is seen by the next reader of the slot (and by
+        // `failure`); without a handler here it would be an unhandled rejection.
+        p.ready[s].catch(() => undefined);
         track(copy, l);
       }
     }
@@ -286,7 +289,9 @@ export class DeviceExpertCache {
     for (const p of this.parts) {
       p.keyOfSlot.fill(-1);
       p.free = Array.from({ length: p.count }, (_, s) => p.count - 1 - s);
-      p.ready = Array.from({ length: p.count }, () => Promise.resolve());
+      // The chains are kept (errors dropped): a copy started after the wait above still
+      // orders the slot's next write after it.
+      p.ready = p.ready.map((r) => r.catch(() => undefined));
     }
     this.slotOfKey.fill(-1);
     this.failure = undefined;
