@@ -20,8 +20,8 @@ const USAGE = `Usage:
   moekit run-layer --model DIR --layer N --input IN.safetensors --output OUT.safetensors
                    [--device cpu|cuda] [--dtype f32|bf16|f16]
   moekit layers --model DIR [--json]
-  moekit cache-sim --trace FILE --capacity N --policy lru|lfu|lfru|static|belady
-                   [--prefetch affinity] [--per-layer] [--reset-per-sequence] [--json] …
+  moekit cache-sim --trace FILE --capacity N --policy lru|lfu|lfru|static|belady|lookahead
+                   [--prefetch affinity|layerwise] [--per-layer] [--reset-per-sequence] [--json] …
   moekit bench [--preset LIST] [--tokens LIST] [--op LIST] [--device D] [--json FILE] …
   moekit --help
 

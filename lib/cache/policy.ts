@@ -47,7 +47,7 @@ export interface EvictionPolicy {
 }
 
 /** Names accepted by {@link createPolicy}. */
-export const POLICY_NAMES = ['lru', 'lfu', 'lfru', 'static', 'belady'] as const;
+export const POLICY_NAMES = ['lru', 'lfu', 'lfru', 'static', 'belady', 'lookahead'] as const;
 /** A policy name. */
 export type PolicyName = (typeof POLICY_NAMES)[number];
 
@@ -149,7 +149,7 @@ export interface LfruOptions {
  * before the scale could overflow.
  */
 export class LfruPolicy extends RankedPolicy {
-  readonly name = 'lfru';
+  readonly name: string = 'lfru';
   readonly halfLife: number;
   private readonly scaled: Float64Array;
   private origin = 0;
@@ -271,8 +271,83 @@ export class BeladyPolicy extends RankedPolicy {
   }
 }
 
+/** Options of {@link LookaheadPolicy}. */
+export interface LookaheadOptions {
+  /** How far ahead the policy sees next uses, in time units (tokens in the simulator). Default 1. */
+  lookahead?: number;
+}
+
+/**
+ * Belady with a limited view (offline, a bound for studies, not a cache policy): it sees a
+ * key's next use only when it lies within `lookahead` time units of the latest access;
+ * such keys are kept, the one needed latest going first. Every other key (next use
+ * farther, or never) is ranked by LFRU (`halfLife`) and evicted before them. With a
+ * large `lookahead` it is Belady; it measures how much knowledge of the next few tokens
+ * an online predictor would need. Needs `nextUse` on every access, like Belady.
+ */
+export class LookaheadPolicy extends LfruPolicy {
+  override readonly name = 'lookahead';
+  readonly lookahead: number;
+  private readonly next: Float64Array;
+  private now = 0;
+  constructor(keys: number, options: LookaheadOptions & LfruOptions = {}) {
+    super(keys, options);
+    this.lookahead = checkNumber('options.lookahead', options.lookahead ?? 1, 0);
+    this.next = new Float64Array(keys).fill(Infinity);
+  }
+  override onAccess(key: number, time: number, nextUse?: number): void {
+    super.onAccess(key, time);
+    if (nextUse === undefined) throw rangeError('nextUse', 'the next use time of the key (lookahead is offline)', nextUse);
+    this.next[key] = nextUse;
+    if (time > this.now) this.now = time;
+  }
+  override onInsert(key: number, time: number, prefetch: boolean): void {
+    super.onInsert(key, time, prefetch);
+    if (prefetch) this.next[key] = time;
+    if (time > this.now) this.now = time;
+  }
+  /** The current time (the simulator calls this before each step, so the view starts there). */
+  advanceTo(time: number): void {
+    if (time > this.now) this.now = time;
+  }
+  private seen(key: number): boolean {
+    return this.next[key] - this.now <= this.lookahead;
+  }
+  /** LFRU score for keys whose next use is out of view; `Infinity` for those in view. */
+  override priority(key: number): number {
+    return this.seen(key) ? Infinity : super.priority(key);
+  }
+  override chooseVictim(candidates: Iterable<number>, pinned: PinnedKeys): number | undefined {
+    let unseen: number | undefined;
+    let unseenPriority = Infinity;
+    let seen: number | undefined;
+    let seenNext = -Infinity;
+    for (const key of candidates) {
+      if (pinned.has(key)) continue;
+      if (this.seen(key)) {
+        if (seen === undefined || this.next[key] > seenNext || (this.next[key] === seenNext && this.order[key] < this.order[seen])) {
+          seen = key;
+          seenNext = this.next[key];
+        }
+      } else {
+        const p = super.priority(key);
+        if (unseen === undefined || p < unseenPriority || (p === unseenPriority && this.order[key] < this.order[unseen])) {
+          unseen = key;
+          unseenPriority = p;
+        }
+      }
+    }
+    return unseen ?? seen;
+  }
+  override reset(): void {
+    super.reset();
+    this.next.fill(Infinity);
+    this.now = 0;
+  }
+}
+
 /** Options of {@link createPolicy}. */
-export interface PolicyOptions extends LfruOptions, StaticOptions {}
+export interface PolicyOptions extends LfruOptions, StaticOptions, LookaheadOptions {}
 
 /** A new policy for a key space of `keys` keys. */
 export function createPolicy(name: PolicyName, keys: number, options: PolicyOptions = {}): EvictionPolicy {
@@ -288,6 +363,8 @@ export function createPolicy(name: PolicyName, keys: number, options: PolicyOpti
       return new StaticPolicy(keys, options);
     case 'belady':
       return new BeladyPolicy(keys);
+    case 'lookahead':
+      return new LookaheadPolicy(keys, options);
     default:
       throw rangeError('policy', `one of ${POLICY_NAMES.map((p) => `'${p}'`).join(', ')}`, name);
   }

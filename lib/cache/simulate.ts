@@ -3,18 +3,18 @@
  * policy code the GPU cache uses ({@link ExpertCacheCore}), with no weights, on the CPU,
  * and compares with Belady's optimal eviction at the same capacity.
  *
- * `moekit cache-sim --trace FILE --capacity N --policy P [--prefetch affinity]
+ * `moekit cache-sim --trace FILE --capacity N --policy P [--prefetch affinity|layerwise]
  * [--per-layer] [--reset-per-sequence] [--min-sequence-tokens N] [--json]`
  * (see {@link runCacheSimCli}). Semantics in docs/CACHE.md.
  */
 import { checkBoolean, checkInteger, checkNumber, checkOneOf, checkOptions, MoekitError, typeError } from '../errors';
 import { CacheStats, ExpertCacheCore } from './expert_cache';
-import { POLICY_NAMES, PolicyName } from './policy';
-import { AffinityPrefetchSource, Prefetcher } from './prefetch';
+import { LookaheadPolicy, POLICY_NAMES, PolicyName } from './policy';
+import { AffinityPrefetchSource, LayerwisePrefetchSource, Prefetcher, PrefetchSource } from './prefetch';
 import { readTrace, RoutingTrace, selectSequences } from './trace';
 
 /** Prefetch sources the simulator can run (pre-gating needs hidden states, not a trace). */
-export const SIM_PREFETCH = ['none', 'affinity'] as const;
+export const SIM_PREFETCH = ['none', 'affinity', 'layerwise'] as const;
 
 /** Options of {@link simulate}. */
 export interface SimulateOptions {
@@ -30,21 +30,30 @@ export interface SimulateOptions {
   resetPerSequence?: boolean;
   /** Only replay sequences with at least this many tokens (default 0: all). */
   minSequenceTokens?: number;
-  /** LFRU half-life in tokens (default 32). */
+  /** LFRU half-life in tokens (default 32; also the fallback ranking of 'lookahead'). */
   halfLife?: number;
+  /** How many tokens ahead the offline 'lookahead' policy sees next uses (default 1). */
+  lookahead?: number;
   /** Prefetches per step at most (default 2). */
   prefetchMaxPerStep?: number;
   /** Minimum estimated probability of a prefetched expert (default 0.5). */
   prefetchMinProbability?: number;
   /** Prefetch only by evicting experts the policy ranks below the candidate (default true). */
   prefetchGuard?: boolean;
+  /**
+   * While prefetching for a layer, keep its resident experts estimated at least this likely
+   * (default: off). See {@link Prefetcher}.
+   */
+  prefetchProtectProbability?: number;
+  /** Layers of the current token the layerwise source looks back over (default 3). */
+  prefetchDepth?: number;
   /** Also run Belady (demand-only) at the same capacity (default true). */
   belady?: boolean;
 }
 
 /** One run's figures. */
 export interface RunReport {
-  /** Policy name, with `+affinity` when prefetching. */
+  /** Policy name, with `+` and the prefetch source when prefetching. */
   name: string;
   perLayer: CacheStats[];
   total: CacheStats;
@@ -59,7 +68,7 @@ export interface RunReport {
 /** Result of {@link simulate}. */
 export interface SimulateResult {
   trace: { source?: string; tokens: number; layers: number; topK: number; expertsPerLayer: number; sequences: number };
-  options: Required<Omit<SimulateOptions, 'minSequenceTokens'>> & { minSequenceTokens: number };
+  options: Required<Omit<SimulateOptions, 'minSequenceTokens' | 'prefetchProtectProbability'>> & { minSequenceTokens: number; prefetchProtectProbability: number | null };
   run: RunReport;
   /** Belady demand-only at the same capacity (absent with `belady: false`). */
   belady?: RunReport;
@@ -90,12 +99,22 @@ export function nextUseSteps(trace: RoutingTrace): Int32Array {
   return next;
 }
 
-function replay(trace: RoutingTrace, o: SimulateResult['options'], policy: PolicyName, prefetch: boolean, next: Int32Array | undefined): RunReport {
+function replay(trace: RoutingTrace, o: SimulateResult['options'], policy: PolicyName, prefetch: SimulateResult['options']['prefetch'], next: Int32Array | undefined): RunReport {
   const { ids, layers: L, topK: K, expertsPerLayer: E } = trace;
-  const cache = new ExpertCacheCore({ layers: L, expertsPerLayer: E, capacity: o.capacity, perLayer: o.perLayer, policy, policyOptions: { halfLife: o.halfLife } });
-  const prefetcher = prefetch
-    ? new Prefetcher(cache, [new AffinityPrefetchSource(L, E)], { maxPerStep: o.prefetchMaxPerStep, minProbability: o.prefetchMinProbability, guard: o.prefetchGuard })
-    : undefined;
+  const cache = new ExpertCacheCore({ layers: L, expertsPerLayer: E, capacity: o.capacity, perLayer: o.perLayer, policy, policyOptions: { halfLife: o.halfLife, lookahead: o.lookahead } });
+  const lookahead = policy === 'lookahead';
+  let source: PrefetchSource | undefined;
+  if (prefetch === 'affinity') source = new AffinityPrefetchSource(L, E);
+  else if (prefetch === 'layerwise') source = new LayerwisePrefetchSource(L, E, { depth: o.prefetchDepth });
+  const prefetcher =
+    source === undefined
+      ? undefined
+      : new Prefetcher(cache, [source], {
+          maxPerStep: o.prefetchMaxPerStep,
+          minProbability: o.prefetchMinProbability,
+          guard: o.prefetchGuard,
+          protectProbability: o.prefetchProtectProbability ?? undefined,
+        });
   const nextUses = new Float64Array(K);
   for (let si = 0; si + 1 < trace.sequences.length; si++) {
     const a = trace.sequences[si];
@@ -109,6 +128,7 @@ function replay(trace: RoutingTrace, o: SimulateResult['options'], policy: Polic
         const experts = ids.subarray(step * K, step * K + K);
         const time = t + l / L;
         if (next !== undefined) for (let s = 0; s < K; s++) nextUses[s] = next[step * K + s] < 0 ? Infinity : next[step * K + s] / L;
+        if (lookahead) (cache.policyOf(l) as LookaheadPolicy).advanceTo(time);
         cache.access(l, experts, time, next === undefined ? undefined : nextUses);
         if (prefetcher !== undefined) {
           prefetcher.observe(l, experts);
@@ -119,7 +139,7 @@ function replay(trace: RoutingTrace, o: SimulateResult['options'], policy: Polic
     }
   }
   cache.dropUnusedPrefetches();
-  return report(prefetch ? `${policy}+affinity` : policy, cache);
+  return report(prefetch !== 'none' ? `${policy}+${prefetch}` : policy, cache);
 }
 
 /**
@@ -137,42 +157,48 @@ export function simulate(trace: RoutingTrace, options: SimulateOptions): Simulat
     resetPerSequence: o.resetPerSequence === undefined ? false : checkBoolean('options.resetPerSequence', o.resetPerSequence),
     minSequenceTokens: o.minSequenceTokens === undefined ? 0 : checkInteger('options.minSequenceTokens', o.minSequenceTokens, 0),
     halfLife: o.halfLife === undefined ? 32 : checkNumber('options.halfLife', o.halfLife, 1e-9),
+    lookahead: o.lookahead === undefined ? 1 : checkNumber('options.lookahead', o.lookahead, 0),
     prefetchMaxPerStep: o.prefetchMaxPerStep === undefined ? 2 : checkInteger('options.prefetchMaxPerStep', o.prefetchMaxPerStep, 0),
     prefetchMinProbability: o.prefetchMinProbability === undefined ? 0.5 : checkNumber('options.prefetchMinProbability', o.prefetchMinProbability, 0, 1),
     prefetchGuard: o.prefetchGuard === undefined ? true : checkBoolean('options.prefetchGuard', o.prefetchGuard),
+    prefetchProtectProbability: o.prefetchProtectProbability === undefined ? null : checkNumber('options.prefetchProtectProbability', o.prefetchProtectProbability, 0, 1),
+    prefetchDepth: o.prefetchDepth === undefined ? 3 : checkInteger('options.prefetchDepth', o.prefetchDepth, 1, 64),
     belady: o.belady === undefined ? true : checkBoolean('options.belady', o.belady),
   };
   const cap = opts.perLayer ? trace.expertsPerLayer : trace.layers * trace.expertsPerLayer;
   if (opts.capacity < trace.topK) throw new MoekitError(`capacity ${opts.capacity} is below top_k = ${trace.topK}: the experts of one step would not fit`, 'ERR_INVALID_ARGUMENT');
   if (opts.capacity > cap) opts.capacity = Math.min(opts.capacity, cap);
   const t = selectSequences(trace, opts.minSequenceTokens);
-  const needNext = opts.belady || opts.policy === 'belady';
+  const offline = opts.policy === 'belady' || opts.policy === 'lookahead';
+  const needNext = opts.belady || offline;
   const next = needNext ? nextUseSteps(t) : undefined;
-  const run = replay(t, opts, opts.policy, opts.prefetch === 'affinity', opts.policy === 'belady' ? next : undefined);
+  const run = replay(t, opts, opts.policy, opts.prefetch, offline ? next : undefined);
   const result: SimulateResult = {
     trace: { source: trace.source, tokens: t.tokens, layers: t.layers, topK: t.topK, expertsPerLayer: t.expertsPerLayer, sequences: t.sequences.length - 1 },
     options: opts,
     run,
   };
   if (opts.belady) {
-    result.belady = opts.policy === 'belady' && opts.prefetch === 'none' ? run : replay(t, opts, 'belady', false, next);
+    result.belady = opts.policy === 'belady' && opts.prefetch === 'none' ? run : replay(t, opts, 'belady', 'none', next);
     result.bytesRatio = result.belady.total.bytesMoved > 0 ? run.total.bytesMoved / result.belady.total.bytesMoved : run.total.bytesMoved === 0 ? 1 : Infinity;
   }
   return result;
 }
 
-const CLI_USAGE = `Usage: moekit cache-sim --trace FILE --capacity N --policy lru|lfu|lfru|static|belady
-                      [--prefetch none|affinity] [--per-layer] [--reset-per-sequence]
+const CLI_USAGE = `Usage: moekit cache-sim --trace FILE --capacity N --policy lru|lfu|lfru|static|belady|lookahead
+                      [--prefetch none|affinity|layerwise] [--per-layer] [--reset-per-sequence]
                       [--min-sequence-tokens N] [--half-life T] [--prefetch-max M]
-                      [--prefetch-min-probability P] [--no-prefetch-guard] [--json]
+                      [--prefetch-min-probability P] [--no-prefetch-guard]
+                      [--prefetch-protect P] [--prefetch-depth D] [--lookahead W] [--json]
 
 Replays a routing trace (FILE.u8 + FILE.json) through the expert-cache policy code and
 prints hit rates and bytes moved next to Belady's optimal eviction at the same capacity.
---capacity is per layer with --per-layer, else of one cache shared by all layers.`;
+--capacity is per layer with --per-layer, else of one cache shared by all layers.
+belady and lookahead are offline bounds: lookahead sees next uses up to W tokens ahead.`;
 
 class SimUsageError extends Error {}
 
-const VALUE_FLAGS = ['trace', 'capacity', 'policy', 'prefetch', 'min-sequence-tokens', 'half-life', 'prefetch-max', 'prefetch-min-probability'];
+const VALUE_FLAGS = ['trace', 'capacity', 'policy', 'prefetch', 'min-sequence-tokens', 'half-life', 'prefetch-max', 'prefetch-min-probability', 'prefetch-protect', 'prefetch-depth', 'lookahead'];
 const SWITCHES = ['per-layer', 'reset-per-sequence', 'json', 'no-prefetch-guard'];
 
 function parseArgs(argv: string[]): Map<string, string | true> | 'help' {
@@ -228,7 +254,11 @@ export function formatSimulation(r: SimulateResult): string {
   lines.push(
     `cache: ${o.capacity} experts ${o.perLayer ? 'per layer' : 'shared by all layers'}, ${o.resetPerSequence ? 'emptied at each sequence start' : 'kept across sequences'}, policy ${o.policy}` +
       (o.policy === 'lfru' ? ` (half-life ${o.halfLife} tokens)` : '') +
-      (o.prefetch === 'affinity' ? `, affinity prefetch (<= ${o.prefetchMaxPerStep}/step, p >= ${o.prefetchMinProbability}${o.prefetchGuard ? ', guarded' : ''})` : ''),
+      (o.policy === 'lookahead' ? ` (sees ${o.lookahead} tokens ahead, else LFRU with half-life ${o.halfLife})` : '') +
+      (o.prefetch !== 'none'
+        ? `, ${o.prefetch} prefetch (${o.prefetch === 'layerwise' ? `depth ${o.prefetchDepth}, ` : ''}<= ${o.prefetchMaxPerStep}/step, p >= ${o.prefetchMinProbability}${o.prefetchGuard ? ', guarded' : ''}` +
+          `${o.prefetchProtectProbability !== null ? `, protecting p >= ${o.prefetchProtectProbability}` : ''})`
+        : ''),
   );
   const rows: RunReport[] = [r.run];
   if (r.belady !== undefined && r.belady !== r.run) rows.push(r.belady);
@@ -281,6 +311,9 @@ export async function runCacheSimCli(argv: string[]): Promise<number> {
       prefetchMaxPerStep: intFlag(flags, 'prefetch-max', 0),
       prefetchMinProbability: numFlag(flags, 'prefetch-min-probability', 0, 1),
       prefetchGuard: flags.get('no-prefetch-guard') !== true,
+      prefetchProtectProbability: numFlag(flags, 'prefetch-protect', 0, 1),
+      prefetchDepth: intFlag(flags, 'prefetch-depth', 1),
+      lookahead: numFlag(flags, 'lookahead', 0, 1e12),
     };
     const trace = readTrace(flags.get('trace') as string);
     const perPartition = opts.perLayer ? trace.expertsPerLayer : trace.layers * trace.expertsPerLayer;

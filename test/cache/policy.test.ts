@@ -1,5 +1,5 @@
 import { ExpertCacheCore } from '../../lib/cache/expert_cache';
-import { BeladyPolicy, createPolicy, LfruPolicy, LruPolicy, StaticPolicy } from '../../lib/cache/policy';
+import { BeladyPolicy, createPolicy, LfruPolicy, LookaheadPolicy, LruPolicy, StaticPolicy } from '../../lib/cache/policy';
 import { simulate } from '../../lib/cache/simulate';
 import { makeTrace, RoutingTrace } from '../../lib/cache/trace';
 import { zipfTrace } from './synthetic';
@@ -122,6 +122,21 @@ describe('policies on random traces', () => {
     const long = simulate(t, { capacity: 5, policy: 'lfru', halfLife: 1e9, perLayer: true, belady: false }).run.total.hits;
     expect(Math.abs(long - lfu)).toBeLessThanOrEqual(lfu * 0.01);
   });
+  test.each(seeds)('lookahead spans LFRU (no view) and Belady (unbounded view) (seed %i)', (seed) => {
+    const t = zipfTrace({ tokens: 250, layers: 3, experts: 12, k: 3, seed: seed * 13 + 5, sequences: [0, 90, 250] });
+    for (const perLayer of [true, false]) {
+      const capacity = perLayer ? 5 : 14;
+      const o = { capacity, perLayer, resetPerSequence: true, halfLife: 6 };
+      const lfru = simulate(t, { ...o, policy: 'lfru' });
+      const blind = simulate(t, { ...o, policy: 'lookahead', lookahead: 0 });
+      const full = simulate(t, { ...o, policy: 'lookahead', lookahead: 1e9 });
+      const one = simulate(t, { ...o, policy: 'lookahead', lookahead: 1 });
+      expect(blind.run.total.hits).toBe(lfru.run.total.hits);
+      expect(full.run.total.hits).toBe(full.belady!.total.hits);
+      expect(one.run.total.hits).toBeLessThanOrEqual(full.run.total.hits);
+      expect(one.run.name).toBe('lookahead');
+    }
+  });
   test('LFRU keeps its order across long runs (rebasing)', () => {
     const p = new LfruPolicy(4, { halfLife: 1 });
     p.onAccess(0, 0);
@@ -135,7 +150,7 @@ describe('policies on random traces', () => {
 
 describe('policy objects', () => {
   test('a victim is never pinned; undefined when all are', () => {
-    for (const name of ['lru', 'lfu', 'lfru', 'static', 'belady'] as const) {
+    for (const name of ['lru', 'lfu', 'lfru', 'static', 'belady', 'lookahead'] as const) {
       const p = createPolicy(name, 4);
       p.onInsert(0, 0, false);
       p.onAccess(0, 0, 5);
@@ -150,8 +165,27 @@ describe('policy objects', () => {
     expect(p.chooseVictim([0, 1, 2], new Set())).toBe(1);
     expect(() => new StaticPolicy(3, { popularity: [1] })).toThrow(RangeError);
   });
-  test('Belady needs next uses', () => {
+  test('Belady and lookahead need next uses', () => {
     expect(() => new BeladyPolicy(2).onAccess(0, 0)).toThrow(/Expected the next use time/);
+    expect(() => new LookaheadPolicy(2).onAccess(0, 0)).toThrow(/Expected the next use time/);
+    expect(() => new LookaheadPolicy(2, { lookahead: -1 })).toThrow(RangeError);
+  });
+  test('lookahead keeps keys needed within its view, the farthest going first, and LFRU-ranks the rest', () => {
+    const p = new LookaheadPolicy(5, { lookahead: 2, halfLife: 8 });
+    p.onAccess(0, 0, 1.5); // in view (1.5 - 1 <= 2)
+    p.onAccess(1, 0, 2.5); // in view
+    p.onAccess(2, 0, 9); // out of view, used once
+    p.onAccess(3, 0, 9); // out of view, used twice
+    p.onAccess(3, 0.5, 9);
+    p.advanceTo(1);
+    const none = new Set<number>();
+    expect(p.chooseVictim([0, 1, 2, 3], none)).toBe(2);
+    expect(p.chooseVictim([0, 1, 3], none)).toBe(3);
+    expect(p.chooseVictim([0, 1], none)).toBe(1);
+    expect(p.chooseVictim([0, 1], new Set([1]))).toBe(0);
+    expect(p.priority(0)).toBe(Infinity);
+    p.advanceTo(7); // 9 - 7 <= 2: now 2 and 3 are in view too; 0 and 1 are past (next < now) and stay in view
+    expect(p.chooseVictim([2, 3], none)).toBe(2); // same next use: the least recently used
   });
   test('unknown names and bad options are argument errors', () => {
     expect(() => createPolicy('fifo' as never, 4)).toThrow(RangeError);

@@ -107,6 +107,21 @@ describe('cache-sim CLI', () => {
     expect(out).toMatch(/^bar \(demand hit rate >= Belady's/m);
   });
 
+  test('layerwise prefetch with protection, and the lookahead bound', async () => {
+    const stem = traceFile();
+    const argv = ['--trace', stem, '--capacity', '4', '--policy', 'lfru', '--per-layer', '--reset-per-sequence'];
+    expect(await runCacheSimCli([...argv, '--prefetch', 'layerwise', '--prefetch-depth', '2', '--prefetch-protect', '0.25', '--prefetch-min-probability', '0.2'])).toBe(0);
+    expect(err).toBe('');
+    expect(out).toMatch(/layerwise prefetch \(depth 2, <= 2\/step, p >= 0\.2, guarded, protecting p >= 0\.25\)/);
+    expect(out).toMatch(/^lfru\+layerwise +\d+\.\d\d% +\d+\.\d\d% +\d+ +\d\.\d{3}x +\d+\/\d+\/\d+$/m);
+    out = '';
+    expect(await runCacheSimCli(['--trace', stem, '--capacity', '4', '--policy', 'lookahead', '--lookahead', '3', '--per-layer', '--json'])).toBe(0);
+    const r = JSON.parse(out);
+    expect(r.options.lookahead).toBe(3);
+    expect(r.run.name).toBe('lookahead');
+    expect(r.belady.total.hits).toBeGreaterThanOrEqual(r.run.total.hits);
+  });
+
   test('--json, --min-sequence-tokens and a shared cache', async () => {
     const stem = traceFile();
     expect(await runCacheSimCli([`--trace=${stem}`, '--capacity=12', '--policy=lfu', '--min-sequence-tokens', '100', '--json'])).toBe(0);
@@ -121,7 +136,10 @@ describe('cache-sim CLI', () => {
     [[], /needs --trace/],
     [['--trace', 'x', '--capacity', '4'], /needs --policy/],
     [['--trace', 'x', '--capacity', 'four', '--policy', 'lru'], /--capacity takes an integer >= 1, not "four"/],
-    [['--trace', 'x', '--capacity', '4', '--policy', 'fifo'], /--policy takes lru, lfu, lfru, static, belady, not "fifo"/],
+    [['--trace', 'x', '--capacity', '4', '--policy', 'fifo'], /--policy takes lru, lfu, lfru, static, belady, lookahead, not "fifo"/],
+    [['--trace', 'x', '--capacity', '4', '--policy', 'lru', '--prefetch-protect', '1.5'], /--prefetch-protect takes a number between 0 and 1, not "1.5"/],
+    [['--trace', 'x', '--capacity', '4', '--policy', 'lru', '--prefetch-depth', '0'], /--prefetch-depth takes an integer >= 1, not "0"/],
+    [['--trace', 'x', '--capacity', '4', '--policy', 'lookahead', '--lookahead', 'far'], /--lookahead takes a number between 0 and/],
     [['--trace', 'x', '--capacity', '4', '--policy', 'lru', '--prefetch', 'pregate'], /--prefetch takes none, affinity/],
     [['--trace', 'x', '--capacity', '4', '--policy', 'lru', '--bogus'], /unknown option --bogus/],
     [['--trace', 'x', '--capacity', '4', '--policy', 'lru', '--per-layer=1'], /--per-layer takes no value/],
