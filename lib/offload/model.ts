@@ -30,7 +30,7 @@ import { ResolvedRouting, RoutingOptions, correctionBiasFor, encodeRouting, reso
 import { Checkpoint } from '../safetensors';
 import { Tensor, checkTensor, describeTensor } from '../tensor';
 import { CacheStats } from '../cache/expert_cache';
-import { AffinityPrefetchSource, PrefetchCandidate, PrefetchSource, Prefetcher } from '../cache/prefetch';
+import { AffinityPrefetchSource, LayerwisePrefetchSource, PrefetchCandidate, PrefetchSource, Prefetcher } from '../cache/prefetch';
 import { DeviceCacheOptions, DeviceExpertCache } from './cache';
 import { ExpertStore, blockPrefix, copyTensorRanges, selectLayers } from './store';
 
@@ -52,6 +52,10 @@ export interface OffloadPrefetchOptions {
   affinity?: boolean;
   /** Pre-gating: the next layer's router applied to this layer's output. Default false. */
   pregating?: boolean;
+  /** Multi-layer prediction learned online (lib/cache LayerwisePrefetchSource). Default false. */
+  layerwise?: boolean;
+  /** While prefetching, protect resident experts of the next layer predicted at least this likely (lib/cache Prefetcher). */
+  protectProbability?: number;
   /** Prefetches per layer step (default 2, see lib/cache Prefetcher). */
   maxPerStep?: number;
   /** Minimum estimated probability (default 0.5). */
@@ -181,18 +185,20 @@ export class OffloadedMoE {
     const pf = checkOptions<OffloadPrefetchOptions>('options.prefetch', o.prefetch);
     const affinity = pf.affinity === undefined ? false : checkBoolean('options.prefetch.affinity', pf.affinity);
     const pregating = pf.pregating === undefined ? false : checkBoolean('options.prefetch.pregating', pf.pregating);
+    const layerwise = pf.layerwise === undefined ? false : checkBoolean('options.prefetch.layerwise', pf.layerwise);
     if (pf.guard !== undefined) checkBoolean('options.prefetch.guard', pf.guard);
     if (o.cache === undefined) throw typeError('options.cache', 'cache options ({ capacity, perLayer?, policy? })', undefined);
     this.cache = new DeviceExpertCache(store, this.device, o.cache, 'options.cache');
     try {
       const sources: PrefetchSource[] = [];
       if (affinity) sources.push(new AffinityPrefetchSource(store.layers, experts));
+      if (layerwise) sources.push(new LayerwisePrefetchSource(store.layers, experts));
       if (pregating) {
         this.pregating = new PregatingPrefetchSource();
         sources.push(this.pregating);
       }
       if (sources.length > 0) {
-        const po = { maxPerStep: pf.maxPerStep, minProbability: pf.minProbability, guard: pf.guard };
+        const po = { maxPerStep: pf.maxPerStep, minProbability: pf.minProbability, guard: pf.guard, protectProbability: pf.protectProbability };
         this.prefetcher = new Prefetcher(this.cache.core, sources, relabel(po));
       }
       this.state = resident.map((w, l) => this.checkResident(w, l, routing));
@@ -614,10 +620,13 @@ function routingOptions(r: ResolvedRouting): RoutingOptions {
   };
 }
 
-function relabel(o: { maxPerStep?: number; minProbability?: number; guard?: boolean }): { maxPerStep?: number; minProbability?: number; guard?: boolean } {
+type PrefetcherOpts = { maxPerStep?: number; minProbability?: number; guard?: boolean; protectProbability?: number };
+function relabel(o: PrefetcherOpts): PrefetcherOpts {
   if (o.maxPerStep !== undefined) checkInteger('options.prefetch.maxPerStep', o.maxPerStep, 0);
   if (o.minProbability !== undefined) checkNumber('options.prefetch.minProbability', o.minProbability, 0, 1);
-  const out: { maxPerStep?: number; minProbability?: number; guard?: boolean } = {};
+  if (o.protectProbability !== undefined) checkNumber('options.prefetch.protectProbability', o.protectProbability, 0, 1);
+  const out: PrefetcherOpts = {};
+  if (o.protectProbability !== undefined) out.protectProbability = o.protectProbability;
   if (o.maxPerStep !== undefined) out.maxPerStep = o.maxPerStep;
   if (o.minProbability !== undefined) out.minProbability = o.minProbability;
   if (o.guard !== undefined) out.guard = o.guard;

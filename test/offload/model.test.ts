@@ -130,7 +130,7 @@ describe('prefetch changes traffic, never outputs', () => {
     const rng = new Rng(seed ^ 0x3333);
     const ck = await checkpoint('qwen2_moe', seed + 303); // 8 experts, k = 4, 2 MoE layers
     const inputs = Array.from({ length: 12 }, () => randomX(rng, 1, ck.hidden, 'f32'));
-    const modes = [{}, { affinity: true }, { pregating: true, guard: false }, { affinity: true, pregating: true, maxPerStep: 4, minProbability: 0.2 }];
+    const modes = [{}, { affinity: true }, { pregating: true, guard: false }, { affinity: true, pregating: true, maxPerStep: 4, minProbability: 0.2 }, { layerwise: true, minProbability: 0.1, protectProbability: 0.2 }];
     const outputs: ArrayLike<number>[][] = [];
     const stats = [];
     for (const prefetch of modes) {

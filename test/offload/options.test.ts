@@ -33,6 +33,8 @@ const cases: [string, object, RegExp, typeof TypeError | typeof RangeError][] = 
   ['pregating', { cache: { capacity: 2 }, prefetch: { pregating: 'on' } }, /^Expected a boolean for options\.prefetch\.pregating but received "on"/, TypeError],
   ['maxPerStep', { cache: { capacity: 2 }, prefetch: { affinity: true, maxPerStep: -1 } }, /^Expected a non-negative integer for options\.prefetch\.maxPerStep but received -1/, RangeError],
   ['minProbability', { cache: { capacity: 2 }, prefetch: { affinity: true, minProbability: 2 } }, /^Expected a number between 0 and 1 for options\.prefetch\.minProbability but received 2/, RangeError],
+  ['protectProbability', { cache: { capacity: 2 }, prefetch: { layerwise: true, protectProbability: -1 } }, /options\.prefetch\.protectProbability/, RangeError],
+  ['layerwise', { cache: { capacity: 2 }, prefetch: { layerwise: 'yes' } }, /options\.prefetch\.layerwise/, TypeError],
   ['layers', { cache: { capacity: 2 }, layers: [3] }, /^Expected one of the MoE layers \(0, 1\) for options\.layers\[0\] but received 3/, RangeError],
   ['device', { cache: { capacity: 2 }, device: 'tpu' }, /options\.device/, RangeError],
 ];
