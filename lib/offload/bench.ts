@@ -29,7 +29,7 @@ export const OFFLOAD_BENCH_USAGE = `Usage: moekit bench offload --preset NAME [o
   --batch B               tokens per forward (default 1: decode)
   --policy P              ${POLICY_NAMES.filter((p) => p !== 'belady').join(', ')} (default lru)
   --shared                one cache shared by all layers (default: one per layer)
-  --prefetch MODE         none or affinity (default none)
+  --prefetch MODE         none, affinity, layerwise or pregating (default none)
   --device D              cpu, cuda, cuda:N (default cpu)
   --json                  print one JSON object
 `;
@@ -46,7 +46,7 @@ interface Args {
   batch: number;
   policy: string;
   perLayer: boolean;
-  prefetch: 'none' | 'affinity';
+  prefetch: 'none' | 'affinity' | 'layerwise' | 'pregating';
   device: string;
   json: boolean;
 }
@@ -82,7 +82,8 @@ function parseArgs(argv: string[]): Args | 'help' {
       case '--shared': a.perLayer = false; break;
       case '--prefetch': {
         const p = v();
-        if (p !== 'none' && p !== 'affinity') throw new UsageError(`Expected none or affinity for --prefetch but received ${JSON.stringify(p)}`);
+        if (p !== 'none' && p !== 'affinity' && p !== 'layerwise' && p !== 'pregating')
+          throw new UsageError(`Expected none, affinity, layerwise or pregating for --prefetch but received ${JSON.stringify(p)}`);
         a.prefetch = p;
         break;
       }
@@ -185,7 +186,7 @@ export async function runOffloadBenchCli(argv: string[], io: { out: (s: string) 
       { hidden: H, intermediate: I, experts: E, sharedIntermediate: p.sharedIntermediate, routing: pr.routing, activation: pr.activation, layoutIn: pr.layoutIn, layoutOut: pr.layoutOut },
       resident,
       store,
-      { device: args.device, cache: { capacity, perLayer: args.perLayer, policy: args.policy as never }, prefetch: args.prefetch === 'affinity' ? { affinity: true } : {} },
+      { device: args.device, cache: { capacity, perLayer: args.perLayer, policy: args.policy as never }, prefetch: args.prefetch === 'none' ? {} : { [args.prefetch]: true } },
       { ownsStore: true },
     );
     // Bandwidths: host → device (the cache's copy path) and device memory.

@@ -55,6 +55,12 @@ test('replays a synthetic olmoe trace through 3 layers', async () => {
   expect(rep.tokensPerSecond).toBeGreaterThan(0);
   expect(rep.transferFloorTokensPerSecond).toBeGreaterThan(0);
   expect(rep.hbmFloorTokensPerSecond).toBeGreaterThan(0);
+  // With a prefetch source the byte count includes the prefetches.
+  const p = await run(['--preset', 'olmoe-1b-7b', '--trace', stem, '--cache-fraction', '0.25', '--experts-scale', '0.01', '--prefetch', 'layerwise', '--json']);
+  expect([p.code, p.err]).toEqual([0, '']);
+  const ps = JSON.parse(p.out).stats;
+  expect(ps.hits + ps.misses).toBe(ps.accesses);
+  expect(ps.bytesMoved).toBe(ps.misses * rep.expertBytes + ps.prefetchBytes);
 });
 
 test('bad arguments exit 2 naming the flag', async () => {
@@ -62,6 +68,7 @@ test('bad arguments exit 2 naming the flag', async () => {
     [['--preset', 'gpt-5'], /for --preset but received "gpt-5"/],
     [['--preset', 'mixtral-8x7b', '--cache-fraction', '0'], /Expected a number in \(0, 1\] for --cache-fraction but received "0"/],
     [['--preset', 'mixtral-8x7b', '--policy', 'belady'], /for --policy but received "belady"/],
+    [['--preset', 'mixtral-8x7b', '--prefetch', 'oracle'], /Expected none, affinity, layerwise or pregating for --prefetch but received "oracle"/],
     [['--preset', 'mixtral-8x7b', '--layers', '2.5'], /Expected an integer in \[1, 1024\] for --layers/],
     [['--preset', 'mixtral-8x7b', '--trace', path.join(tmp, 'missing')], /cannot read/],
   ] as [string[], RegExp][]) {
