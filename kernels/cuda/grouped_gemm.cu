@@ -10,7 +10,13 @@
 //                     x is converted f32 -> bf16/f16 while it is staged into
 //                     shared memory, i.e. ACTIVATIONS ARE ROUNDED TO THE WEIGHT'S
 //                     16-BIT TYPE on this path (the CPU backend keeps x in f32),
-//                     so results differ from the CPU by about that rounding.
+//                     so results differ from the CPU by about that rounding
+//                     (~1.5e-3 of the output's scale for bf16, ~1.6e-4 for f16;
+//                     |x| > 65504 overflows f16). The decode kernels below keep
+//                     x in f32, so a token's result depends on whether its
+//                     expert got more than kSmallMaxRows rows in the batch.
+//                     Known, not yet changed: candidates are a split hi/lo x or
+//                     tf32 MMAs (bf16/f16 weights are exact in tf32).
 //   gemm_simt_kernel  f32 weights, experts with > kSmallMaxRows rows: plain fp32
 //                     FMA tiles (64 x 64, BK = 16, 4 x 4 per thread).
 //   gemv_enk_kernel   any dtype, [E, N, K] weights, experts with 1..kSmallMaxRows
@@ -188,8 +194,7 @@ __device__ __forceinline__ const typename Tag::Raw* expert_matrix(const Args& a,
 
 // Bias of output j, role `role` (0 when there is none). The up role of kTwo takes
 // bias_up; the other GLU modes take both halves from bias.
-// NOTE: bias and bias_up apply independently. (The CPU backend, as written, ignores
-// bias_up when bias is null; that combination is not expected in practice.)
+// NOTE: bias and bias_up apply independently, as on the CPU backend.
 template <class Tag, ColMode M>
 __device__ __forceinline__ float bias_at(const Args& a, int64_t e, int role, int64_t j) {
   using Raw = typename Tag::Raw;
@@ -282,7 +287,7 @@ __device__ Unit locate_unit(const Args& a, int target) {
         begin = min(max(__ldg(a.offsets + e), 0), a.rows);
         end = min(max(__ldg(a.offsets + e + 1), begin), a.rows);
         const int count = end - begin;
-        units = (count >= kMinRows && count <= kMaxRows) ? (count + kBM - 1) / kBM : 0;
+        units = (count >= kMinRows && count <= kMaxRows) ? (count - 1) / kBM + 1 : 0;  // no int overflow
       }
       int incl = units;  // inclusive scan over lanes
 #pragma unroll
@@ -557,7 +562,8 @@ __global__ void __launch_bounds__(kThreads, kBM == 128 ? 1 : 2) gemm_tc_kernel(A
 
   // NOTE: two stages: tile kt+1's weights stream in with cp.async and its x sits
   // in registers while tile kt is multiplied; 41 KB of static shared memory for
-  // kBM = 128 leaves room for 2 CTAs per SM without opting in to dynamic smem.
+  // kBM = 128 fits static shared memory; at 160-193 registers per thread it runs one CTA
+  // (8 warps) per SM (ptxas -v, sm_90).
   for (int kt = 0; kt < nk; ++kt) {
     const int cur = kt & 1;
     const bool has_next = kt + 1 < nk;

@@ -108,6 +108,15 @@ test(`${CALLS} random calls across the API never crash and only throw the docume
     down: Tensor.from(new Float32Array(4 * H * 4).map((_, i) => Math.sin(i * 3)), [4, H, 4], 'bf16'),
   });
 
+  // A small valid offloaded stack (one cache slot per layer: evictions all the time).
+  const r = (n: number, k: number) => new Float32Array(n).map((_, i) => Math.sin(i * k));
+  const offloaded = new moekit.OffloadedMoE(
+    { hidden: H, intermediate: 4, experts: 4, routing: { k: 2 } },
+    [0, 1].map((l) => ({ router: Tensor.from(r(4 * H, l + 1), [4, H]) })),
+    moekit.ExpertStore.fromTensors([0, 1].map((l) => ({ gateUp: Tensor.from(r(4 * 8 * H, l + 2), [4, 8, H]), down: Tensor.from(r(4 * H * 4, l + 3), [4, H, 4]) }))),
+    { device: 'cpu', cache: { capacity: 2, perLayer: true }, prefetch: { affinity: true, layerwise: true } },
+  );
+
   const ops: (() => unknown)[] = [
     () => make(() => Tensor.from(randomTypedArray() as Float32Array, randomShape() as number[], pick(dtypes) as moekit.DType)),
     () => make(() => Tensor.zeros(randomShape() as number[], pick(dtypes) as moekit.DType)),
@@ -144,6 +153,17 @@ test(`${CALLS} random calls across the API never crash and only throw the docume
       return moekit.SafetensorsFile.open(file).read('a', pick([{}, { dtype: pick(dtypes) }]) as { dtype?: moekit.DType });
     },
     async () => moekit.MoELayer.fromPretrained(pick([dir, '/nonexistent', 5]) as string, { layer: pick(numbers) } as { layer: number }),
+    async () => layer.profile(randomTensor() as Tensor, pick([undefined, {}, { repeats: pick(numbers) }, { warmup: pick(numbers), keepOutput: pick([true, 'x']) }, { graph: pick([true, 1]) }, 'opts']) as moekit.ProfileOptions),
+    async () => moekit.profileOp(pick(['gate', 'dispatch', 'groupedGemm', 'combine', 'softmax', 3]) as 'gate', pick([[randomTensor(), randomRouting()], [randomTensor(), randomTensor(), randomTensor()], randomTensor(), []]) as never, pick([undefined, { repeats: pick(numbers) }, 'x']) as moekit.ProfileOptions),
+    async () => moekit.profileCopy(pick(devices) as string, pick([0, 3, 4, 1024, -1, NaN, 1.5, 'x', 2 ** 41]) as number, { repeats: 1 }),
+    () => moekit.deviceMemory(pick(devices) as string),
+    () => moekit.ExpertStore.fromTensors(pick([[], [{ down: randomTensor(), gateUp: randomTensor() }], [{ down: randomTensor(), gate: randomTensor(), up: randomTensor() }], 'x', [null]]) as moekit.ExpertTensors[]),
+    async () => moekit.OffloadedMoE.fromPretrained(pick([dir, '/nonexistent', 5]) as string, pick([{}, { cache: { capacity: pick(numbers) } }, { cache: { capacity: 2, policy: pick(['lru', 'belady', 'x']) } }, null]) as never),
+    async () => offloaded.forward(pick([0, 1, 2, -1, NaN]) as number, randomTensor() as Tensor, pick([undefined, {}, { outputDtype: pick(dtypes) }, 'x']) as never),
+    async () => {
+      const T = rng.int(0, 4);
+      return offloaded.forward(rng.int(0, 2), Tensor.from(new Float32Array(T * H).fill(0.25), [T, H]));
+    },
   ];
 
   for (let i = 0; i < CALLS; i++) {
@@ -159,4 +179,10 @@ test(`${CALLS} random calls across the API never crash and only throw the docume
   // Still usable afterwards.
   const out = await layer.forward(Tensor.from(new Float32Array(3 * H).fill(0.5), [3, H]));
   expect(out.shape).toEqual([3, H]);
+  await offloaded.settle();
+  const off = await offloaded.forward(1, Tensor.from(new Float32Array(2 * H).fill(0.5), [2, H]));
+  expect(off.shape).toEqual([2, H]);
+  const st = offloaded.stats().total;
+  expect(st.hits + st.misses).toBe(st.accesses);
+  offloaded.dispose();
 }, 600_000);
