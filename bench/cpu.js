@@ -3,11 +3,14 @@
  * CPU microbenchmarks: grouped GEMM and whole-layer forward at the presets' shapes,
  * with the roofline floor beside each time.
  *
- *   node bench/cpu.js [--tokens 1,16,128,512] [--presets olmoe-1b-7b,qwen3-30b-a3b] [--repeats 5] [--peak-gflops G]
+ *   node bench/cpu.js [--tokens 1,16,128,512] [--presets olmoe-1b-7b,qwen3-30b-a3b] [--repeats 5]
+ *                     [--peak-gflops G] [--bandwidth-gbs B]
  *
  * Floor = max(FLOPs / peak, bytes / bandwidth): FLOPs = 6·T·k·H·I (both projections),
  * bytes = the bf16 weights of the experts the routing touched + activations in and out.
- * Bandwidth is measured here at start (a 256 MiB memory copy, bytes read + written).
+ * Bandwidth: --bandwidth-gbs when given (e.g. a multi-threaded streaming-read figure
+ * measured outside Node), else a 256 MiB memory copy measured here at start (one
+ * thread, bytes read + written), which understates what all cores can read.
  * The compute peak defaults to PEAK_GFLOPS below; override it with --peak-gflops.
  */
 'use strict';
@@ -59,9 +62,12 @@ async function main() {
   const presets = arg('presets', 'olmoe-1b-7b,qwen3-30b-a3b').split(',');
   const repeats = Number(arg('repeats', '5'));
   const peak = Number(arg('peak-gflops', String(PEAK_GFLOPS))) * 1e9;
-  const bw = measureBandwidth();
+  const givenBw = arg('bandwidth-gbs', undefined);
+  const bw = givenBw !== undefined ? Number(givenBw) * 1e9 : measureBandwidth();
+  if (!(bw > 0)) throw new Error(`--bandwidth-gbs must be a positive number, got ${givenBw}`);
+  const bwLabel = givenBw !== undefined ? 'bandwidth (given)' : 'memory copy';
   const r = runtime();
-  console.log(`device: cpu (${r.cpuThreads} threads) | memory copy ${(bw / 1e9).toFixed(1)} GB/s | compute peak ${(peak / 1e9).toFixed(0)} GFLOP/s`);
+  console.log(`device: cpu (${r.cpuThreads} threads) | ${bwLabel} ${(bw / 1e9).toFixed(1)} GB/s | compute peak ${(peak / 1e9).toFixed(0)} GFLOP/s`);
   console.log('preset          T      median ms  spread ms  GFLOP/s  GB/s    floor ms  eff');
   for (const name of presets) {
     const p = PRESETS[name];

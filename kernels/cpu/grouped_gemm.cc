@@ -8,8 +8,10 @@
 // packed K-major as float while converting bf16/f16; x rows are packed into
 // kMR-row groups and a kMR x (2 vectors) register-tiled FMA microkernel
 // accumulates over K in blocks. The epilogue (bias, activation, row scale)
-// runs once per output element. Decode-sized groups of an [N, K] weight use a
-// dot-product path that streams each W row once.
+// runs once per output element. Groups of an [N, K] weight with few rows skip
+// the W transpose: up to kDotMaxRows rows take a dot-product path (vectors along
+// K, each W row streamed once), up to kRowsTMax rows a path whose vectors run
+// along the x rows with W elements broadcast from a float copy of a K chunk.
 #include "kernels/cpu/grouped_gemm.h"
 
 #include <algorithm>
@@ -57,7 +59,11 @@ enum class ColumnMode {
 };
 
 constexpr int kMaxBlockPanels = 64;  // panels per GEMM work item, at most
-constexpr int kGemvMaxRows = 4;      // rows per expert served by the [N, K] decode path
+constexpr int kGemvMaxRows = 4;      // rows per expert served by the [K, N] decode path
+// NOTE: on Zen 4 the dot-product path beat the few-rows path up to 6 rows, and the
+// few-rows path beat the packed GEMM up to 64 rows (bf16, K = 768..2048).
+constexpr int kDotMaxRows = 6;       // rows per expert served by the [N, K] dot-product path
+constexpr int kDotColsMax = 8;       // W rows per step of that path, at most
 // NOTE: up to 16 rows the W stream dominates; a wide, shallow W block keeps the
 // rows being packed long and contiguous (for [K, N] weights).
 constexpr int64_t kSmallRows = 16;
@@ -65,11 +71,17 @@ constexpr int64_t kBlockK = 256;       // K slice per packed block (prefill)
 constexpr int64_t kSmallBlockK = 64;   // K slice per packed block (few rows)
 constexpr int64_t kBlockCols = 256;    // W columns per packed block (prefill)
 constexpr int64_t kSmallBlockCols = 1024;
-constexpr int64_t kGemvCols = 64;      // W rows per decode work item ([N, K] weights)
+constexpr int64_t kGemvCols = 64;      // W rows per dot-product work item ([N, K] weights)
 constexpr int64_t kStreamCols = 2048;  // packed columns per decode work item ([K, N] weights)
 constexpr int64_t kStreamMinK = 128;   // K rows per decode slice, at least
 constexpr int kStreamRowsPerStep = 4;  // W rows per pass of the [K, N] decode path
 constexpr int64_t kBlockMGroups = 16;  // kMR-row groups per row block
+constexpr int64_t kRowsTMax = 64;      // rows per expert served by the [N, K] few-rows path
+constexpr int64_t kRowsTK = 128;       // K chunk of W converted per pass of that path
+// NOTE: padded row stride of the converted chunk: a power-of-two stride would put
+// the kW rows' broadcast loads in few L1 sets.
+constexpr int64_t kRowsTLd = kRowsTK + 16;
+constexpr int64_t kRowsTPanels = 8;    // panels per item of that path, at most
 
 inline int64_t round_up_floats(int64_t n) { return (n + 15) & ~int64_t{15}; }
 
@@ -99,6 +111,7 @@ enum class ItemKind {
   kGemm,        // packed, register-tiled GEMM over a row block x panel block
   kGemvRows,    // decode, W [N, K]: dot products along contiguous W rows
   kStreamRows,  // decode, W [K, N]: stream W rows over a K slice, partial sums
+  kRowsT,       // few rows, W [N, K]: vectors along x rows, W broadcast (no W transpose)
 };
 
 struct Item {
@@ -156,7 +169,7 @@ namespace scalar_isa {
 struct V {
   static constexpr int kWidth = 4;
   static constexpr int kMR = 4;
-  static constexpr int kGemvCols = 2;
+  static constexpr int kRegs = 16;
   struct Reg {
     float v[4];
   };
@@ -221,6 +234,8 @@ struct V {
   }
 };
 
+using VH = V;
+
 #include "kernels/cpu/grouped_gemm_kernels.inc"
 
 }  // namespace scalar_isa
@@ -236,7 +251,7 @@ namespace avx2_isa {
 struct V {
   static constexpr int kWidth = 8;
   static constexpr int kMR = 6;
-  static constexpr int kGemvCols = 2;
+  static constexpr int kRegs = 16;
   using Reg = __m256;
   static Reg zero() { return _mm256_setzero_ps(); }
   static Reg set1(float a) { return _mm256_set1_ps(a); }
@@ -306,6 +321,17 @@ struct V {
   }
 };
 
+// Half width (4 floats), for the few-rows path.
+struct VH {
+  static constexpr int kWidth = 4;
+  using Reg = __m128;
+  static Reg zero() { return _mm_setzero_ps(); }
+  static Reg set1(float a) { return _mm_set1_ps(a); }
+  static Reg load(const float* p) { return _mm_loadu_ps(p); }
+  static void store(float* p, Reg a) { _mm_storeu_ps(p, a); }
+  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm_fmadd_ps(a, b, c); }
+};
+
 #include "kernels/cpu/grouped_gemm_kernels.inc"
 
 }  // namespace avx2_isa
@@ -325,7 +351,7 @@ namespace avx512_isa {
 struct V {
   static constexpr int kWidth = 16;
   static constexpr int kMR = 12;
-  static constexpr int kGemvCols = 4;
+  static constexpr int kRegs = 32;
   using Reg = __m512;
   static Reg zero() { return _mm512_setzero_ps(); }
   static Reg set1(float a) { return _mm512_set1_ps(a); }
@@ -403,6 +429,17 @@ struct V {
     *even = e;
     *odd = o;
   }
+};
+
+// Half width (8 floats, AVX-512VL encoding), for the few-rows path.
+struct VH {
+  static constexpr int kWidth = 8;
+  using Reg = __m256;
+  static Reg zero() { return _mm256_setzero_ps(); }
+  static Reg set1(float a) { return _mm256_set1_ps(a); }
+  static Reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, Reg a) { _mm256_storeu_ps(p, a); }
+  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
 };
 
 #include "kernels/cpu/grouped_gemm_kernels.inc"
@@ -516,7 +553,7 @@ Plan make_plan(const GroupedGemmParams& p, const Problem& pr, const Isa& is, int
     const int64_t row0 = p.offsets[e];
     const int64_t m = p.offsets[e + 1] - row0;
     if (m == 0) continue;
-    if (m <= kGemvMaxRows && pr.layout == WeightLayout::kENK) {
+    if (m <= kDotMaxRows && pr.layout == WeightLayout::kENK) {
       const int64_t np = (kGemvCols + panel_w - 1) / panel_w;
       for (int64_t p0 = 0; p0 < panels; p0 += np) {
         Item it{};
@@ -528,7 +565,27 @@ Plan make_plan(const GroupedGemmParams& p, const Problem& pr, const Isa& is, int
         it.panels = std::min(np, panels - p0);
         plan.items.push_back(it);
       }
-      plan.scratch_floats = std::max<int64_t>(plan.scratch_floats, (kGemvMaxRows + 1) * panel_w);
+      plan.scratch_floats = std::max<int64_t>(plan.scratch_floats, (kDotMaxRows + 1) * panel_w);
+      continue;
+    }
+    if (m <= kRowsTMax && pr.layout == WeightLayout::kENK) {
+      int64_t np = kRowsTPanels >> panel_shift;
+      np = std::max<int64_t>(1, std::min(np, panels));
+      for (int64_t p0 = 0; p0 < panels; p0 += np) {
+        Item it{};
+        it.kind = ItemKind::kRowsT;
+        it.row0 = row0;
+        it.expert = e;
+        it.rows = m;
+        it.panel0 = p0;
+        it.panels = std::min(np, panels - p0);
+        plan.items.push_back(it);
+      }
+      // xt + wf + acc + z + bias (see run_rowst_item_v), vector widths <= is.width.
+      const int64_t mp = m + is.width;
+      plan.scratch_floats = std::max<int64_t>(
+          plan.scratch_floats, round_up_floats(mp * pr.k) + is.width * kRowsTLd + round_up_floats(mp * is.width) +
+                                   round_up_floats(mp * panel_w) + panel_w + 64);
       continue;
     }
     if (m <= kGemvMaxRows) {  // [K, N] weight

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "kernels/common/dispatch_params.h"
@@ -16,6 +17,44 @@
 namespace moekit::cpu {
 
 namespace {
+
+// Per-forward float buffers, carved from one uninitialised block (every element
+// is written before it is read). Up to kRetainFloats the block is the calling
+// thread's and is kept for its next forward: a fresh multi-megabyte allocation is
+// a fresh mapping, and its first-touch page faults cost as much as a gather.
+constexpr int64_t kRetainFloats = int64_t{4} << 20;  // 16 MiB per thread
+
+class Workspace {
+ public:
+  explicit Workspace(int64_t floats) {
+    thread_local std::unique_ptr<float[]> kept;
+    thread_local int64_t kept_floats = 0;
+    floats = std::max<int64_t>(floats, 1);
+    if (floats > kRetainFloats) {
+      owned_.reset(new float[static_cast<size_t>(floats)]);
+      base_ = owned_.get();
+      return;
+    }
+    if (kept_floats < floats) {
+      kept.reset();
+      kept.reset(new float[static_cast<size_t>(floats)]);
+      kept_floats = floats;
+    }
+    base_ = kept.get();
+  }
+  // The next n floats (64-byte multiples apart).
+  float* take(int64_t n) {
+    float* p = base_ + used_;
+    used_ += padded(n);
+    return p;
+  }
+  static int64_t padded(int64_t n) { return (std::max<int64_t>(n, 0) + 15) & ~int64_t{15}; }
+
+ private:
+  std::unique_ptr<float[]> owned_;
+  float* base_ = nullptr;
+  int64_t used_ = 0;
+};
 
 // One dense projection (a single "expert" covering every row): y = act(x . W^T + b).
 void dense(const float* x, int64_t rows, int64_t in, int64_t out, const WeightRef& w, const WeightRef& b,
@@ -92,8 +131,11 @@ void moe_layer_forward(const MoELayerParams& p) {
   }
 
   // 1. Input as float32.
-  std::vector<float> x(static_cast<size_t>(T * H));
-  convert_to_f32(p.x_dtype, p.x, x.data(), T * H);
+  const int64_t max_rows = dispatch_max_rows(T, K, E, p.block_size);
+  Workspace ws(2 * Workspace::padded(T * H) + 2 * Workspace::padded(max_rows * H) + Workspace::padded(max_rows) +
+               Workspace::padded(max_rows * I));
+  float* const x = ws.take(T * H);
+  convert_to_f32(p.x_dtype, p.x, x, T * H);
 
   // 2-3. Router and gate (or forced routing).
   const int64_t cols = p.gating.experts + p.gating.null_experts;
@@ -102,7 +144,7 @@ void moe_layer_forward(const MoELayerParams& p) {
   if (need_router) {
     MOEKIT_REQUIRE(p.router_w.data != nullptr, "moe_layer_forward: the router weight is missing");
     logits.resize(static_cast<size_t>(T * cols));
-    dense(x.data(), T, H, cols, p.router_w, p.router_b, WeightRef{}, Activation::kNone, logits.data());
+    dense(x, T, H, cols, p.router_w, p.router_b, WeightRef{}, Activation::kNone, logits.data());
   }
   if (p.forced_ids != nullptr) {
     std::copy(p.forced_ids, p.forced_ids + T * K, p.ids);
@@ -129,7 +171,6 @@ void moe_layer_forward(const MoELayerParams& p) {
   }
 
   // 4. Dispatch.
-  const int64_t max_rows = dispatch_max_rows(T, K, E, p.block_size);
   std::vector<int32_t> counts(static_cast<size_t>(E)), offsets(static_cast<size_t>(E + 1)),
       sorted_pairs(static_cast<size_t>(max_rows)), pair_to_row(static_cast<size_t>(T * K));
   int64_t dropped = 0;
@@ -150,22 +191,22 @@ void moe_layer_forward(const MoELayerParams& p) {
   const int64_t rows = offsets[static_cast<size_t>(E)];
 
   // 5. Gather rows in expert order; routing weight per row (0 for padding).
-  std::vector<float> xs(static_cast<size_t>(rows * H));
+  float* const xs = ws.take(rows * H);
   PermuteParams perm;
-  perm.x = x.data();
+  perm.x = x;
   perm.sorted_pairs = sorted_pairs.data();
   perm.rows = rows;
   perm.k = K;
   perm.hidden = H;
-  perm.out = xs.data();
+  perm.out = xs;
   permute_rows(perm);
-  std::vector<float> row_weight(static_cast<size_t>(rows));
+  float* const row_weight = ws.take(rows);
   for (int64_t r = 0; r < rows; ++r) row_weight[r] = sorted_pairs[r] >= 0 ? p.weights[sorted_pairs[r]] : 0.0f;
 
   // 6. First projection with the activation fused: h [rows, I].
-  std::vector<float> h(static_cast<size_t>(rows * I));
+  float* const h = ws.take(rows * I);
   GroupedGemmParams g1;
-  g1.x = xs.data();
+  g1.x = xs;
   g1.offsets = offsets.data();
   g1.rows = rows;
   g1.experts = E;
@@ -180,13 +221,13 @@ void moe_layer_forward(const MoELayerParams& p) {
   g1.activation = p.activation;
   g1.alpha = p.alpha;
   g1.limit = p.limit;
-  g1.y = h.data();
+  g1.y = h;
   grouped_gemm(g1);
 
   // 7. Second projection with the routing weight fused: ye [rows, H].
-  std::vector<float> ye(static_cast<size_t>(rows * H));
+  float* const ye = ws.take(rows * H);
   GroupedGemmParams g2;
-  g2.x = h.data();
+  g2.x = h;
   g2.offsets = offsets.data();
   g2.rows = rows;
   g2.experts = E;
@@ -197,8 +238,8 @@ void moe_layer_forward(const MoELayerParams& p) {
   g2.layout = p.w_out.layout;
   g2.bias = p.b_out.data;
   g2.activation = Activation::kNone;
-  g2.row_scale = row_weight.data();
-  g2.y = ye.data();
+  g2.row_scale = row_weight;
+  g2.y = ye;
   grouped_gemm(g2);
 
   // 8. Shared experts: s = down(silu(gate) * up) (* sigmoid(x . shared_gate)).
@@ -207,12 +248,12 @@ void moe_layer_forward(const MoELayerParams& p) {
     const int64_t Is = p.shared_intermediate;
     const bool separate = p.shared_w_in_up.data != nullptr;
     std::vector<float> hs(static_cast<size_t>(T * Is));
-    dense(x.data(), T, H, separate ? Is : 2 * Is, p.shared_w_in, WeightRef{}, p.shared_w_in_up, Activation::kSwiGLU,
+    dense(x, T, H, separate ? Is : 2 * Is, p.shared_w_in, WeightRef{}, p.shared_w_in_up, Activation::kSwiGLU,
           hs.data());
     std::vector<float> gate;
     if (p.shared_gate.data != nullptr) {
       gate.resize(static_cast<size_t>(T));
-      dense(x.data(), T, H, 1, p.shared_gate, WeightRef{}, WeightRef{}, Activation::kNone, gate.data());
+      dense(x, T, H, 1, p.shared_gate, WeightRef{}, WeightRef{}, Activation::kNone, gate.data());
       for (float& v : gate) v = 1.0f / (1.0f + std::exp(-v));
     }
     shared.resize(static_cast<size_t>(T * H));
@@ -221,9 +262,9 @@ void moe_layer_forward(const MoELayerParams& p) {
   }
 
   // 9. Combine in token order, then convert to the output dtype.
-  std::vector<float> out(static_cast<size_t>(T * H));
+  float* const out = ws.take(T * H);
   CombineParams c;
-  c.y = ye.data();
+  c.y = ye;
   c.pair_to_row = pair_to_row.data();
   c.weights = nullptr;  // already applied in the second projection
   c.shared = shared.empty() ? nullptr : shared.data();
@@ -231,9 +272,9 @@ void moe_layer_forward(const MoELayerParams& p) {
   c.k = K;
   c.hidden = H;
   c.rows = rows;
-  c.out = out.data();
+  c.out = out;
   combine(c);
-  convert_from_f32(p.y_dtype, out.data(), p.y, T * H);
+  convert_from_f32(p.y_dtype, out, p.y, T * H);
 }
 
 }  // namespace moekit::cpu
