@@ -20,4 +20,5 @@ export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:exitcode=86
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=87"
 export MOEKIT_BINARY="$PWD/build-asan/Release/moekit.node"
 export MOEKIT_FUZZ_CALLS="${MOEKIT_FUZZ_CALLS:-10000}"
-exec node node_modules/.bin/jest --runInBand --testPathIgnorePatterns 'package.test' 'test/gpu' 'leaks.test' -- "$@"
+# NOTE: the ignore patterns come last: the option takes every word after it.
+exec node node_modules/.bin/jest --runInBand "$@" --testPathIgnorePatterns 'package.test' 'test/gpu' 'leaks.test'
