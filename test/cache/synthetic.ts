@@ -1,17 +1,9 @@
 /** Synthetic routing traces for the cache tests (never the real traces). */
+import { makeRng } from '../../lib/bench/routing';
 import { makeTrace, RoutingTrace } from '../../lib/cache/trace';
 
-/** Small deterministic PRNG (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Small deterministic PRNG (mulberry32), the one `moekit bench` uses. */
+export const rng: (seed: number) => () => number = makeRng;
 
 /** k distinct experts drawn from a Zipf-like law (weight 1/(rank+1)^s), rank order permuted per layer. */
 export function zipfTrace(opts: { tokens: number; layers: number; experts: number; k: number; s?: number; seed: number; sequences?: number[] }): RoutingTrace {
