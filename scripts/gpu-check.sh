@@ -16,22 +16,28 @@ export PATH="/usr/local/cuda/bin:$PATH"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.csv"
 summary=()
 
-node node_modules/.bin/jest --runInBand test/gpu --json --outputFile="$OUT/gpu-tests.json" > "$OUT/gpu-tests.log" 2>&1
+timeout -k 5 "${MOEKIT_T_TESTS:-300}" node node_modules/.bin/jest --runInBand --testTimeout=150000 test/gpu --json --outputFile="$OUT/gpu-tests.json" > "$OUT/gpu-tests.log" 2>&1
 summary+=("test/gpu: exit $? ($(node -e "const r=require('$OUT/gpu-tests.json');console.log(r.numPassedTests+' passed, '+r.numFailedTests+' failed, '+r.numPendingTests+' skipped')" 2>/dev/null || echo 'no results'))")
 
+if [ -f dist/cli.js ]; then
+  timeout -k 5 "${MOEKIT_T_BENCH:-100}" node dist/cli.js bench --device cuda --dtype bf16 ${MOEKIT_BENCH_ARGS:---op layer --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3 --tokens 1,16,128,1024,4096,16384} --json "$OUT/bench.json" --svg "$OUT/bench.svg" --anchors bench/anchors-h100.json > "$OUT/bench.txt" 2>&1
+  summary+=("bench: exit $? (table in bench.txt)")
+fi
+
 if command -v compute-sanitizer > /dev/null; then
-  MOEKIT_GPU_QUICK=1 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 99 \
-    node node_modules/.bin/jest --runInBand test/gpu/ops.test.ts test/gpu/layer.test.ts test/gpu/profile.test.ts > "$OUT/memcheck.log" 2>&1
+  MOEKIT_GPU_QUICK=1 timeout -k 5 "${MOEKIT_T_MEMCHECK:-140}" compute-sanitizer --tool memcheck --target-processes all --error-exitcode 99 \
+    node node_modules/.bin/jest --runInBand ${MOEKIT_MEMCHECK_FILES:-test/gpu/ops.test.ts test/gpu/layer.test.ts test/gpu/profile.test.ts} > "$OUT/memcheck.log" 2>&1
   summary+=("memcheck: exit $? ($(grep -c 'Invalid\|Error' "$OUT/memcheck.log") lines naming errors; see memcheck.log)")
 else
   summary+=("memcheck: compute-sanitizer not found")
 fi
 
-if [ -f dist/cli.js ]; then
-  node dist/cli.js bench --device cuda --dtype bf16 --op layer --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3 \
-    --tokens 1,16,128,1024,4096,16384 --json "$OUT/bench.json" --svg "$OUT/bench.svg" --anchors bench/anchors-h100.json > "$OUT/bench.txt" 2>&1
-  summary+=("bench: exit $? (table in bench.txt)")
-fi
-
 tail -n 40 "$OUT/bench.txt" 2>/dev/null
+# failing GPU tests, briefly (full messages in gpu-tests.json / gpu-tests.log)
+node -e "
+const r=require('$OUT/gpu-tests.json');
+for (const f of r.testResults) { if (f.status!=='passed' && f.assertionResults.length===0) console.log('SUITE FAIL', f.name, String(f.message).slice(0,600));
+  for (const a of f.assertionResults) if (a.status==='failed') console.log('FAIL', a.fullName, '::', a.failureMessages.join(' ').replace(/\\s+/g,' ').slice(0,400)); }
+" 2>/dev/null | head -c 6000
+grep -m 20 -B2 -A8 'Invalid\|========= Error\|ERROR SUMMARY' "$OUT/memcheck.log" 2>/dev/null | head -c 3000
 printf '%s\n' "${summary[@]}"

@@ -25,3 +25,27 @@ export function describeGpu(name: string, fn: () => void): void {
  * under compute-sanitizer (scripts/gpu-check.sh), which are ~100x slower.
  */
 export const GPU_TOKENS: readonly number[] = process.env.MOEKIT_GPU_QUICK ? [1, 7, 128] : [1, 7, 128, 4096, 16384];
+
+/**
+ * Elementwise check in one assertion (a per-element expect() costs microseconds, and the
+ * GPU tests compare millions of elements): null when |got[i] - want[i]| <= tol(i) for every
+ * i, else the count of failures and the first few, for `expect(...).toBeNull()`. NaN fails.
+ */
+export function mismatches(got: ArrayLike<number>, want: ArrayLike<number>, tol: (i: number) => number, label = ''): string | null {
+  if (got.length !== want.length) return `${label}: length ${got.length}, expected ${want.length}`;
+  let count = 0;
+  const first: string[] = [];
+  for (let i = 0; i < want.length; i++) {
+    const err = Math.abs(got[i] - want[i]);
+    if (err <= tol(i)) continue;
+    if (count++ < 5) first.push(`[${i}] got ${got[i]}, want ${want[i]} (tol ${tol(i)})`);
+  }
+  return count === 0 ? null : `${label}: ${count} of ${want.length} elements differ; first: ${first.join('; ')}`;
+}
+
+/** Exact comparison of integer arrays in one assertion: null when equal, else the first difference. */
+export function intMismatch(got: ArrayLike<number>, want: ArrayLike<number>, label = ''): string | null {
+  if (got.length !== want.length) return `${label}: length ${got.length}, expected ${want.length}`;
+  for (let i = 0; i < want.length; i++) if (got[i] !== want[i]) return `${label}: [${i}] got ${got[i]}, want ${want[i]}`;
+  return null;
+}

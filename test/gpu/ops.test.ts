@@ -7,7 +7,7 @@ import { Tensor, combine, dispatch, gate, groupedGemm } from '../../lib';
 import type { Activation, GateOptions } from '../../lib';
 import { testSeed } from '../helpers';
 import { Rng, awkwardMatrix, refGating, roundTo } from '../reference';
-import { GPU_TOKENS, describeGpu } from './gpu';
+import { GPU_TOKENS, describeGpu, intMismatch, mismatches } from './gpu';
 
 const seed = testSeed('gpu-ops');
 const TOKENS = GPU_TOKENS;
@@ -38,8 +38,11 @@ describeGpu('CUDA ops match the CPU backend', () => {
         const extra = mode.opts(E);
         if (extra === null) continue;
         for (const T of TOKENS) {
-          if (mode.name === 'expert-choice' && T > 4096) continue;
-          const k = Math.min(8, E);
+          // The float64 reference (for near-tie margins) is slow under jest: the largest size runs
+          // for plain softmax top-k only.
+          if (T > 4096 && mode.name !== 'softmax top-k') continue;
+          // Grouped selection can pick at most topkGroup groups' worth of experts.
+          const k = Math.min(8, extra.nGroup !== undefined ? (E / extra.nGroup) * (extra.topkGroup ?? 1) : E);
           const cols = E + (extra.nullExperts ?? 0);
           const logits = awkwardMatrix(rng, T, cols);
           const ref = refGating(logits, T, { ...(extra as object), experts: E, k } as Parameters<typeof refGating>[2]);
@@ -51,13 +54,16 @@ describeGpu('CUDA ops match the CPU backend', () => {
           );
           const [ci, gi] = [await ints(c.ids), await ints(g.ids)];
           const slots = c.ids.shape[1];
+          const rowsDiffer: string[] = [];
           for (let t = 0; t < T; t++) {
             if (mode.name !== 'expert-choice' && ref.margin[t] < 1e-5) continue;
-            expect([E, T, t, gi.slice(t * slots, (t + 1) * slots)]).toEqual([E, T, t, ci.slice(t * slots, (t + 1) * slots)]);
+            const [a, b] = [gi.slice(t * slots, (t + 1) * slots).join(), ci.slice(t * slots, (t + 1) * slots).join()];
+            if (a !== b) rowsDiffer.push(`t=${t}: cuda [${a}] cpu [${b}]`);
           }
-          if (Array.from(ref.margin).every((m) => m >= 1e-5)) expect(await ints(g.load)).toEqual(await ints(c.load));
+          expect([E, T, rowsDiffer.length, rowsDiffer.slice(0, 3)]).toEqual([E, T, 0, []]);
+          if (Array.from(ref.margin).every((m) => m >= 1e-5)) expect(intMismatch(await ints(g.load), await ints(c.load), `E=${E} T=${T} load`)).toBeNull();
           const [cw, gw] = [await c.weights.toFloat32(), await g.weights.toFloat32()];
-          for (let i = 0; i < cw.length; i++) if (ci[i] === gi[i]) expect(Math.abs(cw[i] - gw[i])).toBeLessThanOrEqual(1e-5 * Math.max(1, Math.abs(cw[i])));
+          expect(mismatches(gw, cw, (i) => (ci[i] === gi[i] ? 1e-5 * Math.max(1, Math.abs(cw[i])) : Infinity), `E=${E} T=${T} weights`)).toBeNull();
         }
       }
     });
@@ -76,9 +82,9 @@ describeGpu('CUDA ops match the CPU backend', () => {
     const dev = await host.to('cuda');
     for (const opts of [{}, { renormalize: true }, { scoring: 'sigmoid' as const }, { selection: 'top-p' as const, topP: 0.8 }, { selection: 'topk-logits-softmax' as const }, { selection: 'sinkhorn' as const, sinkhornIters: 2 }, { selection: 'expert-choice' as const, capacityFactor: 1.5, choiceK: 2 }]) {
       const [c, g] = await both(async (d) => gate(d === 'cpu' ? host : dev, { ...opts, k }));
-      expect([JSON.stringify(opts), await ints(g.ids)]).toEqual([JSON.stringify(opts), await ints(c.ids)]);
+      expect(intMismatch(await ints(g.ids), await ints(c.ids), JSON.stringify(opts))).toBeNull();
       const [cw, gw] = [await c.weights.toFloat32(), await g.weights.toFloat32()];
-      for (let i = 0; i < cw.length; i++) expect(Math.abs(cw[i] - gw[i])).toBeLessThanOrEqual(1e-5 * Math.max(1, Math.abs(cw[i])));
+      expect(mismatches(gw, cw, (i) => 1e-5 * Math.max(1, Math.abs(cw[i])), JSON.stringify(opts))).toBeNull();
     }
   });
 
@@ -92,7 +98,7 @@ describeGpu('CUDA ops match the CPU backend', () => {
         const host = Tensor.from(ids, [T, k]);
         for (const [blockSize, capacity] of [[1, undefined], [64, undefined], [16, Math.ceil((T * k) / E)]] as const) {
           const [c, g] = await both(async (d) => dispatch(d === 'cpu' ? host : await host.to('cuda'), { experts: E, blockSize, ...(capacity !== undefined ? { capacity } : {}) }));
-          for (const key of ['counts', 'offsets', 'sortedPairs', 'pairToRow'] as const) expect([E, T, key, await ints(g[key])]).toEqual([E, T, key, await ints(c[key])]);
+          for (const key of ['counts', 'offsets', 'sortedPairs', 'pairToRow'] as const) expect(intMismatch(await ints(g[key]), await ints(c[key]), `E=${E} T=${T} blockSize=${blockSize} ${key}`)).toBeNull();
           expect(g.dropped).toBe(c.dropped);
         }
       }
@@ -120,13 +126,13 @@ describeGpu('CUDA ops match the CPU backend', () => {
             // the bound covers float32 accumulation in a different order.
             let scale = 0;
             for (const v of cy) scale = Math.max(scale, Math.abs(v));
-            for (let i = 0; i < cy.length; i++) expect([dtype, layout, act, i, Math.abs(cy[i] - gy[i]) <= 1e-4 * (scale + 1)]).toEqual([dtype, layout, act, i, true]);
+            expect(mismatches(gy, cy, () => 1e-4 * (scale + 1), `${dtype} ${layout} ${act} E=${E} K=${K} N=${N}`)).toBeNull();
           }
   });
 
   test('combine matches, and five runs give identical bits (determinism)', async () => {
     const rng = new Rng(seed ^ 0xcb);
-    const [T, k, H, rows] = [4096, 8, 512, 4096 * 8];
+    const [T, k, H, rows] = [1031, 8, 512, 1031 * 8];
     const y = Tensor.from(Float32Array.from({ length: rows * H }, () => rng.normal()), [rows, H]);
     const p2r = Tensor.from(Int32Array.from({ length: T * k }, (_, i) => (i % 11 === 0 ? -1 : (i * 7919) % rows)), [T, k]);
     const w = Tensor.from(Float32Array.from({ length: T * k }, () => rng.uniform()), [T, k]);
