@@ -49,7 +49,7 @@ async function main() {
     const started = process.hrtime.bigint();
     const { output, routing } = await layer.forward(x, { returnRouting: true });
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
-    const load = Array.from(routing.load.toArraySync());
+    const load = Array.from(await routing.load.toArray());
     console.log(`layer ${info.layer}: load [${load.join(', ')}] imbalance ${routing.stats.maxOverMean.toFixed(2)} ${ms.toFixed(2)} ms`);
     for (const t of [output, routing.ids, routing.weights, routing.load]) t.dispose();
     layer.dispose();

@@ -122,7 +122,7 @@ async function runLayer(flags: Parsed['flags']): Promise<void> {
     const { output: y, routing } = await layer.forward(x, { returnRouting: true, outputDtype: outDtype });
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     tensors.push(y, routing.ids, routing.weights, routing.load);
-    const ids = Tensor.from(Float32Array.from(routing.ids.toArraySync() as Int32Array), routing.ids.shape);
+    const ids = Tensor.from(Float32Array.from((await routing.ids.toArray()) as Int32Array), routing.ids.shape);
     tensors.push(ids);
     await writeSafetensors(
       output,

@@ -254,15 +254,24 @@ export class MoELayer {
     if (a.o.forcedIds !== undefined && a.o.forcedIds.device.kind !== 'cpu') this.checkForcedIds((await a.o.forcedIds.toArray()) as Int32Array);
     const raw = (await this.launch(x, a)) as RawTensor[];
     const [output, ids, weights, load, droppedRaw] = raw.map((r) => new Tensor(r));
-    const dropped = Number(((await droppedRaw.toArray()) as BigInt64Array)[0]);
-    droppedRaw.dispose();
     if (!returnRouting) {
-      ids.dispose();
-      weights.dispose();
-      load.dispose();
+      // Nothing of the routing is returned: no read-back (on a GPU each read is a round
+      // trip through the device worker and a device-to-host copy).
+      for (const t of [ids, weights, load, droppedRaw]) t.dispose();
       return output;
     }
-    const stats = routingStats((await load.toArray()) as Int32Array, dropped);
+    // Both read-backs in flight at once; a failed read disposes everything it would return.
+    let droppedHost: unknown, loadHost: unknown;
+    try {
+      [droppedHost, loadHost] = await Promise.all([droppedRaw.toArray(), load.toArray()]);
+    } catch (e) {
+      for (const t of [output, ids, weights, load]) t.dispose();
+      throw e;
+    } finally {
+      droppedRaw.dispose();
+    }
+    const dropped = Number((droppedHost as BigInt64Array)[0]);
+    const stats = routingStats(loadHost as Int32Array, dropped);
     return { output, routing: { ids, weights, load, dropped, stats } };
   }
 
@@ -421,14 +430,10 @@ export class MoELayer {
   }
 }
 
-// NOTE: the CUDA path of the layer has not yet been run on a GPU (no GPU was available
-// when it was written), so 'auto' keeps layers on the CPU; an explicit 'cuda' / 'cuda:N'
-// runs it. Switch 'auto' over once test/gpu has passed on a real device.
+// 'auto' (and no choice, unless MOEKIT_DEVICE names one) is CUDA device 0 when usable,
+// the CPU otherwise. (Until test/gpu had passed on an H100, 'auto' kept layers on the CPU.)
 function pickLayerDevice(spec: unknown, name: string): Device {
-  const envSpec = spec === undefined ? process.env.MOEKIT_DEVICE : undefined;
-  const effective = spec ?? (envSpec === '' ? undefined : envSpec);
-  if (effective === undefined || effective === 'auto') return resolveDevice('cpu');
-  return resolveDevice(effective, spec === undefined ? 'the MOEKIT_DEVICE environment variable' : name);
+  return resolveDevice(spec, name);
 }
 
 function weightList(w: MoELayerWeights): Tensor[] {

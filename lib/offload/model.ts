@@ -66,7 +66,7 @@ export interface OffloadPrefetchOptions {
 
 /** Options of {@link OffloadedMoE}. */
 export interface OffloadOptions {
-  /** Device of the layers and the cache (default: MOEKIT_DEVICE, else the CPU; 'auto' stays on the CPU like MoELayer). */
+  /** Device of the layers and the cache (default: MOEKIT_DEVICE, else 'auto': CUDA device 0 when usable, else the CPU). */
   device?: string;
   /** The device cache (see DeviceCacheOptions). */
   cache: DeviceCacheOptions;
@@ -660,10 +660,7 @@ function checkStoreShapes(c: OffloadedMoE['config'], store: ExpertStore): void {
   if (store.spec('gate') && store.spec('up') && store.spec('gate')!.dtype !== store.spec('up')!.dtype) throw rangeError('store (up)', `the gate's dtype ${store.spec('gate')!.dtype}`, store.spec('up')!.dtype);
 }
 
-/** Device choice as MoELayer makes it: 'auto' and no choice stay on the CPU. */
+/** Device choice as MoELayer makes it: 'auto' (and no choice) is CUDA device 0 when usable. */
 function pickDevice(spec: unknown): Device {
-  const env = spec === undefined ? process.env.MOEKIT_DEVICE : undefined;
-  const eff = spec ?? (env === '' ? undefined : env);
-  if (eff === undefined || eff === 'auto') return resolveDevice('cpu');
-  return resolveDevice(eff as string, spec === undefined ? 'the MOEKIT_DEVICE environment variable' : 'options.device');
+  return resolveDevice(spec, 'options.device');
 }
