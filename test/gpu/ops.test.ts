@@ -38,9 +38,7 @@ describeGpu('CUDA ops match the CPU backend', () => {
         const extra = mode.opts(E);
         if (extra === null) continue;
         for (const T of TOKENS) {
-          // The float64 reference (for near-tie margins) is slow under jest: the largest size runs
-          // for plain softmax top-k only.
-          if (T > 4096 && mode.name !== 'softmax top-k') continue;
+          if (mode.name === 'expert-choice' && T > 4096) continue;
           // Grouped selection can pick at most topkGroup groups' worth of experts.
           const k = Math.min(8, extra.nGroup !== undefined ? (E / extra.nGroup) * (extra.topkGroup ?? 1) : E);
           const cols = E + (extra.nullExperts ?? 0);
@@ -132,7 +130,7 @@ describeGpu('CUDA ops match the CPU backend', () => {
 
   test('combine matches, and five runs give identical bits (determinism)', async () => {
     const rng = new Rng(seed ^ 0xcb);
-    const [T, k, H, rows] = [1031, 8, 512, 1031 * 8];
+    const [T, k, H, rows] = [4099, 8, 512, 4099 * 8];
     const y = Tensor.from(Float32Array.from({ length: rows * H }, () => rng.normal()), [rows, H]);
     const p2r = Tensor.from(Int32Array.from({ length: T * k }, (_, i) => (i % 11 === 0 ? -1 : (i * 7919) % rows)), [T, k]);
     const w = Tensor.from(Float32Array.from({ length: T * k }, () => rng.uniform()), [T, k]);
