@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine should run, in one call (see docs/ARCHITECTURE.md, "GPU runs"):
 #
-#   here:   npm install && npm run prepare && bash ../shared/device/stage.sh
+#   here:   npm install && npm run prepare && bash ../shared/device/stage.sh build/Release dist prebuilds
 #   there:  bash .device/run.sh bash scripts/gpu-check.sh          (carry [".device"])
 #
 # 1. test/gpu (every op and layer against the CPU backend, graphs, device memory) -> $OUT/gpu-tests.json
-# 2. compute-sanitizer memcheck over the op/layer/graph GPU tests at small sizes -> $OUT/memcheck.log
-# 3. `moekit bench` on the presets, bf16, whole layer -> $OUT/bench.json, $OUT/bench.svg
+# 2. `moekit bench` on the presets, bf16, whole layer -> $OUT/bench.json, $OUT/bench.svg
+# 3. ncu counters of the grouped GEMM kernels at mixtral T = 4096 -> $OUT/ncu.txt (MOEKIT_NCU=0 skips)
+# 4. compute-sanitizer memcheck over the op/layer/graph GPU tests at small sizes -> $OUT/memcheck.log
+# Each step has its own time limit (MOEKIT_T_TESTS, MOEKIT_T_BENCH, MOEKIT_T_NCU, MOEKIT_T_MEMCHECK);
+# on an H100 (2026-11-22) the layer bench took about 70 s.
 # Prints a short summary last. Each step runs even if an earlier one failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +25,17 @@ summary+=("test/gpu: exit $? ($(node -e "const r=require('$OUT/gpu-tests.json');
 if [ -f dist/cli.js ]; then
   timeout -k 5 "${MOEKIT_T_BENCH:-100}" node dist/cli.js bench --device cuda --dtype bf16 ${MOEKIT_BENCH_ARGS:---op layer --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3 --tokens 1,16,128,1024,4096,16384} --json "$OUT/bench.json" --svg "$OUT/bench.svg" --anchors bench/anchors-h100.json > "$OUT/bench.txt" 2>&1
   summary+=("bench: exit $? (table in bench.txt)")
+fi
+
+# Hardware counters of the grouped GEMM at prefill (the largest gap to the anchors; see
+# docs/BENCHMARKS.md): speed of light, memory, occupancy, warp stalls -> $OUT/ncu.txt
+if [ "${MOEKIT_NCU:-1}" = 1 ] && command -v ncu > /dev/null && [ -f dist/cli.js ]; then
+  timeout -k 5 "${MOEKIT_T_NCU:-150}" ncu --target-processes all -k regex:gemm --launch-skip 2 --launch-count 4 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+    --section WarpStateStats --section ComputeWorkloadAnalysis \
+    node dist/cli.js bench --device cuda --dtype bf16 --op gemm --preset mixtral-8x7b --tokens 4096 --warmup 1 --repeats 1 --no-graph \
+    > "$OUT/ncu.txt" 2>&1
+  summary+=("ncu: exit $? (ncu.txt)")
 fi
 
 if command -v compute-sanitizer > /dev/null; then
