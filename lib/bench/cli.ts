@@ -9,7 +9,7 @@ import { Device, resolveDevice } from '../device';
 import { DType, FLOAT_DTYPES } from '../dtype';
 import { MoekitError } from '../errors';
 import { BenchOp } from './accounting';
-import { Anchors, formatHeader, formatRow, progressLine, readAnchors, renderSvg } from './output';
+import { Anchors, formatAnchorComparison, formatHeader, formatRow, progressLine, readAnchors, renderSvg } from './output';
 import { RoutingSpec } from './routing';
 import { BenchOptions, BenchReport, runBench } from './run';
 import { CustomShape, PRESET_NAMES } from './shapes';
@@ -49,7 +49,8 @@ says how to run it and what each figure counts.
   --seed N             routing and data seed (default 1)
   --json FILE          write every row and the run's settings as JSON
   --svg FILE           draw efficiency against tokens (log x), one line per preset
-  --anchors FILE       anchor figures to draw in the SVG (format in docs/BENCHMARKS.md)
+  --anchors FILE       anchor figures to draw in the SVG and, where they give ms, to compare
+                       the layer rows with after the run (format in docs/BENCHMARKS.md)
 
 moekit bench offload ... runs a whole MoE layer stack with experts offloaded to host
 memory behind a device expert cache (moekit bench offload --help; docs/OFFLOAD.md).
@@ -355,6 +356,7 @@ async function benchCommand(argv: string[], io: BenchIo): Promise<number> {
     throw e;
   }
   for (const n of report.notes) io.out(`note: ${n}\n`);
+  if (anchors !== undefined) for (const l of formatAnchorComparison(report, anchors)) io.out(l + '\n');
   const skipped = report.rows.filter((r) => r.status === 'skipped').length;
   if (skipped > 0) io.out(`${skipped} of ${report.rows.length} cells skipped (reasons above)\n`);
   try {

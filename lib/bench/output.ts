@@ -11,7 +11,9 @@
  *                   { "tokens": 16, "ms": 1.154, "floorMs": 0.940 } ] }    // or ms + floorMs (efficiency = floorMs / ms)
  *   ]
  * }
- * Each series is drawn dashed in its preset's colour; `preset` is optional.
+ * Each series is drawn dashed in its preset's colour; `preset` is optional. Points with
+ * `ms` are also compared with moekit's whole-layer rows in a table after the run
+ * ({@link formatAnchorComparison}).
  */
 import * as fs from 'fs';
 import { BenchReport, BenchRow } from './run';
@@ -20,7 +22,8 @@ import { BenchReport, BenchRow } from './run';
 export interface AnchorSeries {
   name: string;
   preset?: string;
-  points: { tokens: number; efficiency: number }[];
+  /** ms and floorMs are kept when the file gives them (the comparison table needs ms). */
+  points: { tokens: number; efficiency: number; ms?: number; floorMs?: number }[];
 }
 
 export interface Anchors {
@@ -60,6 +63,7 @@ export function parseAnchors(text: string, file: string): Anchors {
         if (typeof q.ms !== 'number' || !(q.ms > 0) || !Number.isFinite(q.ms)) throw where(`${at}.ms`, 'a positive number (or give efficiency)', q.ms);
         if (typeof q.floorMs !== 'number' || !(q.floorMs > 0) || !Number.isFinite(q.floorMs)) throw where(`${at}.floorMs`, 'a positive number (with ms)', q.floorMs);
         efficiency = q.floorMs / q.ms;
+        return { tokens: q.tokens, efficiency, ms: q.ms, floorMs: q.floorMs };
       }
       return { tokens: q.tokens, efficiency };
     });
@@ -230,4 +234,42 @@ export function renderSvg(r: BenchReport, anchors?: Anchors): string {
   if (series.size === 0) out.push(`<text x="${(m.left + W - m.right) / 2}" y="${Hh / 2}" text-anchor="middle">no cell ran</text>`);
   out.push('</svg>');
   return out.join('\n') + '\n';
+}
+
+/**
+ * The whole-layer rows against the anchors, for the terminal: for each `layer` row whose
+ * preset and token count an anchor series (with that preset) times in ms, moekit's time
+ * (device when measured, else wall), the anchor's, the speed ratio, and efficiency against
+ * the anchor's own floor when it gives one (so a bandwidth probe of our own cannot flatter
+ * moekit). Ends with the count of cells where moekit is faster. Empty when nothing matches.
+ */
+export function formatAnchorComparison(r: BenchReport, anchors: Anchors): string[] {
+  const out: string[] = [];
+  let faster = 0;
+  let effOk = 0;
+  let withFloor = 0;
+  for (const row of r.rows) {
+    if (row.op !== 'layer' || row.status !== 'ok' || row.ms === null) continue;
+    for (const s of anchors.series) {
+      if (s.preset !== row.preset) continue;
+      const p = s.points.find((q) => q.tokens === row.tokens && q.ms !== undefined);
+      if (p === undefined || p.ms === undefined) continue;
+      const ratio = p.ms / row.ms;
+      if (ratio > 1) faster++;
+      let eff = '-';
+      if (p.floorMs !== undefined) {
+        withFloor++;
+        const e = p.floorMs / row.ms;
+        if (e >= 0.8) effOk++;
+        eff = e.toFixed(2);
+      }
+      if (out.length === 0) out.push(`against the anchors (${anchors.source ?? 'anchors file'}):`, `${'preset'.padEnd(14)} ${'T'.padStart(6)} ${'moekit ms'.padStart(10)} ${'anchor'.padEnd(14)} ${'anchor ms'.padStart(10)} ${'speed'.padStart(6)} ${'eff*'.padStart(5)}`);
+      out.push(`${row.preset.padEnd(14)} ${String(row.tokens).padStart(6)} ${ms(row.ms).padStart(10)} ${s.name.slice(0, 14).padEnd(14)} ${ms(p.ms).padStart(10)} ${(ratio.toFixed(2) + 'x').padStart(6)} ${eff.padStart(5)}`);
+    }
+  }
+  if (out.length === 0) return out;
+  const cells = out.length - 2;
+  out.push(`speed = anchor ms / moekit ms (moekit ${r.rows.some((x) => x.basis === 'device') ? 'device' : 'wall'} time); eff* = the anchor's floor / moekit ms`);
+  out.push(`moekit faster in ${faster} of ${cells} cells; eff* >= 0.80 in ${effOk} of ${withFloor}`);
+  return out;
 }

@@ -1,7 +1,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { BenchUsageError, parseBenchArgs, runBenchCli } from '../../lib/bench/cli';
-import { parseAnchors } from '../../lib/bench/output';
+import { formatAnchorComparison, parseAnchors } from '../../lib/bench/output';
 import { PRESET_NAMES } from '../../lib/bench/shapes';
 
 function capture() {
@@ -118,7 +118,7 @@ describe('moekit bench arguments', () => {
 describe('anchors files', () => {
   test('points give efficiency, or ms and floorMs', () => {
     const a = parseAnchors(JSON.stringify({ series: [{ name: 'x', points: [{ tokens: 3, efficiency: 0.25 }, { tokens: 8, ms: 4, floorMs: 1 }] }] }), 'a.json');
-    expect(a.series).toEqual([{ name: 'x', points: [{ tokens: 3, efficiency: 0.25 }, { tokens: 8, efficiency: 0.25 }] }]);
+    expect(a.series).toEqual([{ name: 'x', points: [{ tokens: 3, efficiency: 0.25 }, { tokens: 8, efficiency: 0.25, ms: 4, floorMs: 1 }] }]);
   });
 
   test.each([
@@ -128,6 +128,31 @@ describe('anchors files', () => {
     ['{"series": [{"name": "x", "points": [{"tokens": 2, "ms": 1}]}]}', 'a.json: series[0].points[0].floorMs: expected a positive number (with ms), received undefined'],
   ])('%s is rejected naming the field', (text, message) => {
     expect(() => parseAnchors(text, 'a.json')).toThrow(message);
+  });
+
+  test('the layer rows are compared with anchor times, scored against the anchor floor', () => {
+    const anchors = parseAnchors(JSON.stringify({ source: 'made up', series: [{ name: 'best', preset: 'p', points: [{ tokens: 1, ms: 2, floorMs: 1.8 }, { tokens: 4, ms: 1, floorMs: 0.5 }, { tokens: 9, efficiency: 0.5 }] }] }), 'a.json');
+    const row = (tokens: number, ms: number, op = 'layer') => ({ preset: 'p', op, tokens, status: 'ok', ms, basis: 'device' });
+    const report = { rows: [row(1, 2), row(1, 0.5, 'gemm-up'), row(4, 2), row(9, 1), { ...row(16, 1), preset: 'q' }] } as unknown as Parameters<typeof formatAnchorComparison>[0];
+    const lines = formatAnchorComparison(report, anchors);
+    expect(lines[0]).toBe('against the anchors (made up):');
+    // T = 1: 2 ms vs 2 ms (not faster), eff 1.8 / 2; T = 4: 2 ms vs 1 ms, eff 0.5 / 2. T = 9 has no ms, q no series.
+    expect(lines.slice(2, 4).map((l) => l.split(/\s+/))).toEqual([
+      ['p', '1', '2.000', 'best', '2.000', '1.00x', '0.90'],
+      ['p', '4', '2.000', 'best', '1.000', '0.50x', '0.25'],
+    ]);
+    expect(lines[lines.length - 1]).toBe('moekit faster in 0 of 2 cells; eff* >= 0.80 in 1 of 2');
+    expect(formatAnchorComparison({ rows: [row(2, 1)] } as unknown as Parameters<typeof formatAnchorComparison>[0], anchors)).toEqual([]);
+  });
+
+  test('the recorded H100 run against the H100 anchors: faster in the 3 decode cells of docs/BENCHMARKS.md', () => {
+    const root = path.join(__dirname, '..', '..');
+    const anchors = parseAnchors(fs.readFileSync(path.join(root, 'bench', 'anchors-h100.json'), 'utf8'), 'anchors-h100.json');
+    const report = JSON.parse(fs.readFileSync(path.join(root, 'bench', 'results', 'h100-layer-7437cb4.json'), 'utf8'));
+    const lines = formatAnchorComparison(report, anchors);
+    expect(lines).toHaveLength(2 + 24 + 2);
+    expect(lines[lines.length - 1]).toBe('moekit faster in 3 of 24 cells; eff* >= 0.80 in 1 of 24');
+    expect(lines.filter((l) => /\s(1\.\d\d)x\s/.test(l)).map((l) => l.split(/\s+/).slice(0, 2).join(' '))).toEqual(['mixtral-8x7b 1', 'qwen3-30b-a3b 1', 'olmoe-1b-7b 1']);
   });
 
   test('the sample H100 anchors parse: four presets, six token counts each', () => {
