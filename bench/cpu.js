@@ -77,7 +77,7 @@ async function main() {
       router: Tensor.from(randomBf16(E * H, 0.05, 1), [E, H], 'bf16'),
       gateUp: Tensor.from(randomBf16(E * 2 * I * H, 0.02, 2), [E, 2 * I, H], 'bf16'),
       down: Tensor.from(randomBf16(E * H * I, 0.02, 3), [E, H, I], 'bf16'),
-    }, { ownsWeights: true });
+    }, { ownsWeights: true, device: 'cpu' });
     for (const T of tokens) {
       const x = Tensor.from(randomBf16(T * H, 1, 4 + T), [T, H], 'bf16');
       const times = [];

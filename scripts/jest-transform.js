@@ -10,6 +10,7 @@
  * bindings are the same objects the code would reach as globals, so behaviour is unchanged;
  * they go on the "use strict" line, so line numbers (and source maps) are unaffected.
  */
+const crypto = require('crypto');
 const { TsJestTransformer } = require('ts-jest');
 
 const GLOBALS = [
@@ -20,6 +21,8 @@ const GLOBALS = [
 ];
 const PRELUDE = `var ${GLOBALS.map((g) => `${g} = globalThis.${g}`).join(', ')};`;
 const STRICT = /^(['"])use strict\1;/;
+// Part of the cache key: editing GLOBALS invalidates jest's cached transforms.
+const KEY = `local-globals-${crypto.createHash('sha256').update(PRELUDE).digest('hex').slice(0, 16)}`;
 
 function patch(out) {
   const code = typeof out === 'string' ? out : out.code;
@@ -35,10 +38,10 @@ class LocalGlobalsTransformer extends TsJestTransformer {
     return patch(await super.processAsync(...args));
   }
   getCacheKey(...args) {
-    return `${super.getCacheKey(...args)}:local-globals-1`;
+    return `${super.getCacheKey(...args)}:${KEY}`;
   }
   async getCacheKeyAsync(...args) {
-    return `${await super.getCacheKeyAsync(...args)}:local-globals-1`;
+    return `${await super.getCacheKeyAsync(...args)}:${KEY}`;
   }
 }
 

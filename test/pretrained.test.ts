@@ -355,7 +355,7 @@ function ensureBuilt(): void {
 }
 
 function run(args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8', env: { ...process.env, MOEKIT_DEVICE: '' } });
+  const r = spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8', env: { ...process.env, MOEKIT_DEVICE: 'cpu' } }); // the CPU backend's bounds (a GPU rounds x to bf16)
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
