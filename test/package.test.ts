@@ -51,12 +51,13 @@ const FORWARD_SCRIPT = `
     up: moekit.Tensor.from(rnd(E * I * H), [E, I, H], 'bf16'),
     down: moekit.Tensor.from(rnd(E * H * I), [E, H, I], 'bf16'),
   });
-  layer.forward(moekit.Tensor.from(rnd(T * H), [T, H]), { returnRouting: true }).then(({ output, routing }) => {
-    const y = output.toFloat32Sync();
+  // Async reads: on a machine with a usable GPU, 'auto' puts the layer (and its output) there.
+  layer.forward(moekit.Tensor.from(rnd(T * H), [T, H]), { returnRouting: true }).then(async ({ output, routing }) => {
+    const y = await output.toFloat32();
     console.log(JSON.stringify({
       binary: ngb.resolve(require('path').dirname(require.resolve('moekit/package.json'))),
       shape: output.shape, finite: y.every(Number.isFinite), nonzero: y.some((v) => v !== 0),
-      load: Array.from(routing.load.toArraySync()), cuda: moekit.runtime().compiledWithCuda,
+      load: Array.from(await routing.load.toArray()), cuda: moekit.runtime().compiledWithCuda,
     }));
   });
 `;
