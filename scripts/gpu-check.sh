@@ -6,6 +6,7 @@
 #
 # 1. test/gpu (every op and layer against the CPU backend, graphs, device memory) -> $OUT/gpu-tests.json
 # 2. `moekit bench` on the presets, bf16, whole layer -> $OUT/bench.json, $OUT/bench.svg
+# 2b. `moekit bench offload` (Mixtral, cache fraction 0.25, lfru, no prefetch and layerwise) -> $OUT/offload.txt
 # 3. ncu counters of the grouped GEMM kernels at mixtral T = 4096 -> $OUT/ncu.txt (MOEKIT_NCU=0 skips)
 # 4. compute-sanitizer memcheck over the op/layer/graph GPU tests at small sizes -> $OUT/memcheck.log
 # Each step has its own time limit (MOEKIT_T_TESTS, MOEKIT_T_BENCH, MOEKIT_T_NCU, MOEKIT_T_MEMCHECK);
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/moekit-gpu-check}"
 mkdir -p "$OUT"
 export PATH="/usr/local/cuda/bin:$PATH"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.csv"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 summary=()
 
 timeout -k 5 "${MOEKIT_T_TESTS:-300}" node node_modules/.bin/jest --runInBand --testTimeout=150000 test/gpu --json --outputFile="$OUT/gpu-tests.json" > "$OUT/gpu-tests.log" 2>&1
@@ -25,6 +26,18 @@ summary+=("test/gpu: exit $? ($(node -e "const r=require('$OUT/gpu-tests.json');
 if [ -f dist/cli.js ]; then
   timeout -k 5 "${MOEKIT_T_BENCH:-100}" node dist/cli.js bench --device cuda --dtype bf16 ${MOEKIT_BENCH_ARGS:---op layer --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3 --tokens 1,16,128,1024,4096,16384} --json "$OUT/bench.json" --svg "$OUT/bench.svg" --anchors bench/anchors-h100.json > "$OUT/bench.txt" 2>&1
   summary+=("bench: exit $? (table in bench.txt)")
+fi
+
+# Expert offload on the GPU (issue 7): Mixtral, a quarter of each layer's experts cached,
+# decode; routing from MOEKIT_OFFLOAD_TRACE (a trace carried along) or uniform -> $OUT/offload.txt
+if [ -f dist/cli.js ]; then
+  trace_args=()
+  [ -n "${MOEKIT_OFFLOAD_TRACE:-}" ] && trace_args=(--trace "$MOEKIT_OFFLOAD_TRACE")
+  for pf in none layerwise; do
+    timeout -k 5 "${MOEKIT_T_OFFLOAD:-90}" node dist/cli.js bench offload --device cuda --preset mixtral-8x7b --cache-fraction 0.25 \
+      --policy lfru --prefetch "$pf" --layers 4 --tokens 64 "${trace_args[@]}" >> "$OUT/offload.txt" 2>&1
+    summary+=("bench offload ($pf): exit $?")
+  done
 fi
 
 # Hardware counters of the grouped GEMM at prefill (the largest gap to the anchors; see
@@ -47,6 +60,7 @@ else
 fi
 
 tail -n 40 "$OUT/bench.txt" 2>/dev/null
+tail -n 30 "$OUT/offload.txt" 2>/dev/null
 # failing GPU tests, briefly (full messages in gpu-tests.json / gpu-tests.log)
 node -e "
 const r=require('$OUT/gpu-tests.json');
