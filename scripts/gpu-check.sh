@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Everything a lent GPU machine should run, in one call (see docs/ARCHITECTURE.md, "GPU runs"):
+# Everything a lent GPU machine should run, in two calls of under 10 minutes (MOEKIT_STEPS below;
+# see docs/ARCHITECTURE.md, "Checks outside npm test"):
 #
 #   here:   npm install && npm run prepare && bash ../shared/device/stage.sh build/Release dist prebuilds
-#   there:  bash .device/run.sh bash scripts/gpu-check.sh          (carry [".device"])
+#   there:  MOEKIT_STEPS="tests bench offload" bash .device/run.sh bash scripts/gpu-check.sh   (carry [".device"])
+#           MOEKIT_STEPS="ncu memcheck" bash .device/run.sh bash scripts/gpu-check.sh
 #
 # 1. test/gpu (every op and layer against the CPU backend, graphs, device memory) -> $OUT/gpu-tests.json
 # 2. `moekit bench` on the presets, bf16, whole layer -> $OUT/bench.json, $OUT/bench.svg
 # 2b. `moekit bench offload` (Mixtral, cache fraction 0.25, lfru, no prefetch and layerwise) -> $OUT/offload.txt
-# 3. ncu counters of the grouped GEMM kernels at mixtral T = 4096 -> $OUT/ncu.txt (MOEKIT_NCU=0 skips)
+# 3. ncu counters of the grouped GEMM kernels at mixtral T = 4096 -> $OUT/ncu.txt 
 # 4. compute-sanitizer memcheck over the op/layer/graph GPU tests at small sizes -> $OUT/memcheck.log
-# Each step has its own time limit (MOEKIT_T_TESTS, MOEKIT_T_BENCH, MOEKIT_T_NCU, MOEKIT_T_MEMCHECK);
+# Each step has its own time limit (MOEKIT_T_TESTS, MOEKIT_T_BENCH, MOEKIT_T_OFFLOAD, MOEKIT_T_NCU,
+# MOEKIT_T_MEMCHECK);
 # on an H100 (2026-11-22) the layer bench took about 70 s.
 # Prints a short summary last. Each step runs even if an earlier one failed.
 set -uo pipefail
@@ -19,18 +22,24 @@ mkdir -p "$OUT"
 export PATH="/usr/local/cuda/bin:$PATH"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 summary=()
+# MOEKIT_STEPS picks steps (default all); a lent machine allows 10 minutes a call, so split
+# the full set over two calls: MOEKIT_STEPS="tests bench offload", then MOEKIT_STEPS="ncu memcheck".
+steps=" ${MOEKIT_STEPS:-tests bench offload ncu memcheck} "
+want() { [[ "$steps" == *" $1 "* ]]; }
 
-timeout -k 5 "${MOEKIT_T_TESTS:-300}" node node_modules/.bin/jest --runInBand --testTimeout=150000 test/gpu --json --outputFile="$OUT/gpu-tests.json" > "$OUT/gpu-tests.log" 2>&1
-summary+=("test/gpu: exit $? ($(node -e "const r=require('$OUT/gpu-tests.json');console.log(r.numPassedTests+' passed, '+r.numFailedTests+' failed, '+r.numPendingTests+' skipped')" 2>/dev/null || echo 'no results'))")
+if want tests; then
+  timeout -k 5 "${MOEKIT_T_TESTS:-300}" node node_modules/.bin/jest --runInBand --testTimeout=150000 test/gpu --json --outputFile="$OUT/gpu-tests.json" > "$OUT/gpu-tests.log" 2>&1
+  summary+=("test/gpu: exit $? ($(node -e "const r=require('$OUT/gpu-tests.json');console.log(r.numPassedTests+' passed, '+r.numFailedTests+' failed, '+r.numPendingTests+' skipped')" 2>/dev/null || echo 'no results'))")
+fi
 
-if [ -f dist/cli.js ]; then
+if want bench && [ -f dist/cli.js ]; then
   timeout -k 5 "${MOEKIT_T_BENCH:-100}" node dist/cli.js bench --device cuda --dtype bf16 ${MOEKIT_BENCH_ARGS:---op layer --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3 --tokens 1,16,128,1024,4096,16384} --json "$OUT/bench.json" --svg "$OUT/bench.svg" --anchors bench/anchors-h100.json > "$OUT/bench.txt" 2>&1
   summary+=("bench: exit $? (table in bench.txt)")
 fi
 
 # Expert offload on the GPU (issue 7): Mixtral, a quarter of each layer's experts cached,
 # decode; routing from MOEKIT_OFFLOAD_TRACE (a trace carried along) or uniform -> $OUT/offload.txt
-if [ -f dist/cli.js ]; then
+if want offload && [ -f dist/cli.js ]; then
   trace_args=()
   [ -n "${MOEKIT_OFFLOAD_TRACE:-}" ] && trace_args=(--trace "$MOEKIT_OFFLOAD_TRACE")
   for pf in none layerwise; do
@@ -42,7 +51,7 @@ fi
 
 # Hardware counters of the grouped GEMM at prefill (the largest gap to the anchors; see
 # docs/BENCHMARKS.md): speed of light, memory, occupancy, warp stalls -> $OUT/ncu.txt
-if [ "${MOEKIT_NCU:-1}" = 1 ] && command -v ncu > /dev/null && [ -f dist/cli.js ]; then
+if want ncu && command -v ncu > /dev/null && [ -f dist/cli.js ]; then
   timeout -k 5 "${MOEKIT_T_NCU:-150}" ncu --target-processes all -k regex:gemm --launch-skip 2 --launch-count 4 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
     --section WarpStateStats --section ComputeWorkloadAnalysis \
@@ -51,18 +60,18 @@ if [ "${MOEKIT_NCU:-1}" = 1 ] && command -v ncu > /dev/null && [ -f dist/cli.js 
   summary+=("ncu: exit $? (ncu.txt)")
 fi
 
-if command -v compute-sanitizer > /dev/null; then
+if want memcheck && command -v compute-sanitizer > /dev/null; then
   MOEKIT_GPU_QUICK=1 timeout -k 5 "${MOEKIT_T_MEMCHECK:-140}" compute-sanitizer --tool memcheck --target-processes all --error-exitcode 99 \
     node node_modules/.bin/jest --runInBand ${MOEKIT_MEMCHECK_FILES:-test/gpu/ops.test.ts test/gpu/layer.test.ts test/gpu/profile.test.ts} > "$OUT/memcheck.log" 2>&1
   summary+=("memcheck: exit $? ($(grep -c 'Invalid\|Error' "$OUT/memcheck.log") lines naming errors; see memcheck.log)")
-else
+elif want memcheck; then
   summary+=("memcheck: compute-sanitizer not found")
 fi
 
 tail -n 40 "$OUT/bench.txt" 2>/dev/null
 tail -n 30 "$OUT/offload.txt" 2>/dev/null
 # failing GPU tests, briefly (full messages in gpu-tests.json / gpu-tests.log)
-node -e "
+want tests && node -e "
 const r=require('$OUT/gpu-tests.json');
 for (const f of r.testResults) { if (f.status!=='passed' && f.assertionResults.length===0) console.log('SUITE FAIL', f.name, String(f.message).slice(0,600));
   for (const a of f.assertionResults) if (a.status==='failed') console.log('FAIL', a.fullName, '::', a.failureMessages.join(' ').replace(/\\s+/g,' ').slice(0,400)); }
