@@ -171,7 +171,8 @@ export class MoELayer {
     });
     this.routing = routing;
     const o = checkOptions<MoELayerOptions>('options', options);
-    this.device = pickLayerDevice(o.device, 'options.device');
+    // 'auto' (and no choice, unless MOEKIT_DEVICE names one): CUDA device 0 when usable, else the CPU.
+    this.device = resolveDevice(o.device, 'options.device');
     this.ownsWeights = o.ownsWeights === undefined ? false : checkBoolean('options.ownsWeights', o.ownsWeights);
     this.cudaGraphs = o.cudaGraphs === undefined ? true : checkBoolean('options.cudaGraphs', o.cudaGraphs);
     this.weights = checkWeights(this.config, routing, weights);
@@ -302,7 +303,7 @@ export class MoELayer {
     const { hidden } = this.config;
     if (x.shape.length !== 2 || x.shape[1] !== hidden || !FLOAT_DTYPES.includes(x.dtype))
       throw rangeError('x', `a f32, f16 or bf16 tensor of shape [tokens, ${hidden}]`, describeTensor(x));
-    const device = o.device === undefined ? this.device : pickLayerDevice(o.device, `${name}.device`);
+    const device = o.device === undefined ? this.device : resolveDevice(o.device, `${name}.device`);
     const T = x.shape[0];
     const slots = this.routing.slots;
     const outputDtype = o.outputDtype === undefined ? x.dtype : checkOneOf(`${name}.outputDtype`, o.outputDtype, FLOAT_DTYPES);
@@ -428,12 +429,6 @@ export class MoELayer {
     if (profile !== undefined) return runProfile('moeLayerForward', args, profile);
     return (native().moeLayerForward as (p: object) => Promise<RawTensor[]>)(args);
   }
-}
-
-// 'auto' (and no choice, unless MOEKIT_DEVICE names one) is CUDA device 0 when usable,
-// the CPU otherwise. (Until test/gpu had passed on an H100, 'auto' kept layers on the CPU.)
-function pickLayerDevice(spec: unknown, name: string): Device {
-  return resolveDevice(spec, name);
 }
 
 function weightList(w: MoELayerWeights): Tensor[] {

@@ -178,7 +178,7 @@ export class OffloadedMoE {
     if (!Array.isArray(resident) || resident.length !== store.layers) throw rangeError('resident', `an array of ${store.layers} layers' weights (one per store layer)`, resident);
     checkStoreShapes(this.config, store);
     const o = checkOptions<OffloadOptions>('options', options);
-    this.device = pickDevice(o.device);
+    this.device = resolveDevice(o.device, 'options.device');
     this.layers = store.layers;
     this.store = store;
     this.ownsStore = internal.ownsStore ?? false;
@@ -218,7 +218,7 @@ export class OffloadedMoE {
     if (options === undefined) throw typeError('options', 'an options object with cache options', options);
     const o = checkOptions<OffloadPretrainedOptions>('options', options);
     const infos = selectLayers(listMoELayers(dir), o.layers, 'options.layers');
-    pickDevice(o.device); // an unusable device fails before anything is read
+    resolveDevice(o.device, 'options.device'); // an unusable device fails before anything is read
     const store = ExpertStore.fromPretrained(dir, { layers: infos.map((i) => i.layer) });
     const cp = Checkpoint.open(dir);
     const read: Tensor[] = [];
@@ -658,9 +658,4 @@ function checkStoreShapes(c: OffloadedMoE['config'], store: ExpertStore): void {
     if (w === undefined || w.join() !== s.shape.join()) throw rangeError(`store (${s.role})`, `expert ${s.role} weights of shape [${(w ?? []).join(', ')}] for this config`, `[${s.shape.join(', ')}]`);
   }
   if (store.spec('gate') && store.spec('up') && store.spec('gate')!.dtype !== store.spec('up')!.dtype) throw rangeError('store (up)', `the gate's dtype ${store.spec('gate')!.dtype}`, store.spec('up')!.dtype);
-}
-
-/** Device choice as MoELayer makes it: 'auto' (and no choice) is CUDA device 0 when usable. */
-function pickDevice(spec: unknown): Device {
-  return resolveDevice(spec, 'options.device');
 }
