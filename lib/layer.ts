@@ -109,6 +109,30 @@ function layoutCode(l: WeightLayout): number {
   return l === 'enk' ? 0 : 1;
 }
 
+/**
+ * The native layer forward's non-tensor parameters (layouts, expert shape, activation,
+ * capacity, output dtype, routing): shared by MoELayer and OffloadedMoE, which pass their
+ * own tensors and expert count.
+ */
+export function layerScalarParams(
+  c: Readonly<Required<Omit<MoELayerConfig, 'routing' | 'capacity'>>> & { capacity: number | undefined },
+  routing: ResolvedRouting,
+  outputDtype: DType,
+): Record<string, unknown> {
+  return {
+    layoutIn: layoutCode(c.layoutIn),
+    layoutOut: layoutCode(c.layoutOut),
+    intermediate: c.intermediate,
+    activation: ACTIVATIONS.indexOf(c.activation),
+    alpha: c.alpha,
+    limit: c.limit,
+    blockSize: c.blockSize,
+    capacity: c.capacity ?? -1,
+    outDtype: dtypeCode(outputDtype),
+    ...encodeRouting(routing),
+  };
+}
+
 /** Options of the MoELayer constructor and factories. */
 export interface MoELayerOptions {
   /** Device of the forwards: 'cpu', 'cuda', 'cuda:N' or 'auto' (default: MOEKIT_DEVICE, else 'auto'). */
@@ -407,8 +431,6 @@ export class MoELayer {
       bInUp: w.upBias?.raw,
       wOut: w.down.raw,
       bOut: w.downBias?.raw,
-      layoutIn: layoutCode(c.layoutIn),
-      layoutOut: layoutCode(c.layoutOut),
       sharedWIn: (w.shared?.gateUp ?? w.shared?.gate)?.raw,
       sharedWInUp: w.shared?.gateUp === undefined ? w.shared?.up?.raw : undefined,
       sharedWOut: w.shared?.down.raw,
@@ -417,14 +439,7 @@ export class MoELayer {
       forcedIds: forcedIds?.raw,
       forcedWeights: forcedWeights?.raw,
       experts: c.experts,
-      intermediate: c.intermediate,
-      activation: ACTIVATIONS.indexOf(c.activation),
-      alpha: c.alpha,
-      limit: c.limit,
-      blockSize: c.blockSize,
-      capacity: c.capacity ?? -1,
-      outDtype: dtypeCode(outputDtype),
-      ...encodeRouting(this.routing),
+      ...layerScalarParams(c, this.routing, outputDtype),
     };
     if (profile !== undefined) return runProfile('moeLayerForward', args, profile);
     return (native().moeLayerForward as (p: object) => Promise<RawTensor[]>)(args);

@@ -20,13 +20,13 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Device, resolveDevice } from '../device';
-import { DType, FLOAT_DTYPES, dtypeCode } from '../dtype';
+import { DType, FLOAT_DTYPES } from '../dtype';
 import { MoekitError, checkBoolean, checkInteger, checkNumber, checkOneOf, checkOptions, rangeError, typeError } from '../errors';
-import { MoELayerConfig } from '../layer';
+import { MoELayerConfig, layerScalarParams } from '../layer';
 import { RawTensor, native } from '../native';
-import { ACTIVATIONS, Activation, WeightLayout, gate, groupedGemm } from '../ops';
+import { ACTIVATIONS, gate, groupedGemm } from '../ops';
 import { listMoELayers } from '../pretrained';
-import { ResolvedRouting, RoutingOptions, correctionBiasFor, encodeRouting, resolveRouting } from '../routing';
+import { ResolvedRouting, RoutingOptions, correctionBiasFor, resolveRouting } from '../routing';
 import { Checkpoint } from '../safetensors';
 import { Tensor, checkTensor, describeTensor } from '../tensor';
 import { CacheStats } from '../cache/expert_cache';
@@ -125,10 +125,6 @@ export class PregatingPrefetchSource implements PrefetchSource {
   startSequence(): void {
     this.layer = -1;
   }
-}
-
-function layoutCode(l: WeightLayout): number {
-  return l === 'enk' ? 0 : 1;
 }
 
 /** A stack of MoE layers with offloaded routed experts. */
@@ -445,8 +441,6 @@ export class OffloadedMoE {
         bInUp: w.upBias?.raw,
         wOut: w.down!.raw,
         bOut: w.downBias?.raw,
-        layoutIn: layoutCode(c.layoutIn),
-        layoutOut: layoutCode(c.layoutOut),
         sharedWIn: s.shared?.wIn.raw,
         sharedWInUp: s.shared?.wInUp?.raw,
         sharedWOut: s.shared?.wOut.raw,
@@ -454,14 +448,7 @@ export class OffloadedMoE {
         sharedIntermediate: s.shared === undefined ? 0 : c.sharedIntermediate,
         forcedIds: forcedIds.raw,
         forcedWeights: forcedWeightsDev.raw,
-        intermediate: c.intermediate,
-        activation: ACTIVATIONS.indexOf(c.activation as Activation),
-        alpha: c.alpha,
-        limit: c.limit,
-        blockSize: c.blockSize,
-        capacity: c.capacity ?? -1,
-        outDtype: dtypeCode(outputDtype),
-        ...encodeRouting(s.routing),
+        ...layerScalarParams(c, s.routing, outputDtype),
         // The forward sees the acquired slots (or the temporary buffer) as its experts.
         experts: acquired.count,
       });
