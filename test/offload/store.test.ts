@@ -130,7 +130,12 @@ describe('DeviceExpertCache slots', () => {
     for (let step = 0; step < 60; step++) {
       const layer = Math.floor(rng.uniform(0, L));
       const count = 1 + Math.floor(rng.uniform(0, 5));
-      const experts = [...new Set(Array.from({ length: count }, () => Math.floor(rng.uniform(0, E))))].sort((a, b) => a - b);
+      // Every 10th step asks for 5 distinct experts, more than the 3 or 4 slots: some
+      // must be rejected (served from a temporary buffer) whatever the random draws.
+      const experts =
+        step % 10 === 9
+          ? rng.shuffle(Array.from({ length: E }, (_, i) => i)).slice(0, 5).sort((a, b) => a - b)
+          : [...new Set(Array.from({ length: count }, () => Math.floor(rng.uniform(0, E))))].sort((a, b) => a - b);
       const acq = await cache.acquire(layer, experts, step);
       rejected += acq.rejected.length;
       const roles = ['gateUp', 'down', 'downBias'] as const;
