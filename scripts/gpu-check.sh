@@ -11,8 +11,12 @@
 # 2b. `moekit bench offload` (Mixtral, cache fraction 0.25, lfru, no prefetch and layerwise) -> $OUT/offload.txt
 # 3. ncu counters of the grouped GEMM kernels at mixtral T = 4096 -> $OUT/ncu.txt 
 # 4. compute-sanitizer memcheck over the op/layer/graph GPU tests at small sizes -> $OUT/memcheck.log
+# 5. "wgmma" (not in the default set; the Hopper grouped GEMM is opt-in until this passes):
+#    with MOEKIT_WGMMA=require, test/gpu/wgmma.test.ts + the layer tests -> $OUT/wgmma-tests.{json,log},
+#    the layer bench at prefill sizes -> $OUT/bench-wgmma.{txt,json}, and wgmma.test.ts under
+#    memcheck -> $OUT/memcheck-wgmma.log. Run it on its own: MOEKIT_STEPS="wgmma".
 # Each step has its own time limit (MOEKIT_T_TESTS, MOEKIT_T_BENCH, MOEKIT_T_OFFLOAD, MOEKIT_T_NCU,
-# MOEKIT_T_MEMCHECK);
+# MOEKIT_T_MEMCHECK, MOEKIT_T_WGMMA_*);
 # on an H100 (2026-11-22) the layer bench took about 70 s.
 # Prints a short summary last. Each step runs even if an earlier one failed.
 set -uo pipefail
@@ -66,6 +70,30 @@ if want memcheck && command -v compute-sanitizer > /dev/null; then
   summary+=("memcheck: exit $? ($(grep -c 'Invalid\|Error' "$OUT/memcheck.log") lines naming errors; see memcheck.log)")
 elif want memcheck; then
   summary+=("memcheck: compute-sanitizer not found")
+fi
+
+# The Hopper wgmma grouped GEMM (kernels/cuda/grouped_gemm_sm90.cu). MOEKIT_WGMMA=require turns
+# any fallback to the mma.sync kernel into an error, so what passes is the wgmma kernel.
+if want wgmma; then
+  MOEKIT_WGMMA=require timeout -k 5 "${MOEKIT_T_WGMMA_TESTS:-200}" node node_modules/.bin/jest --runInBand --testTimeout=150000 \
+    test/gpu/wgmma.test.ts test/gpu/layer.test.ts --json --outputFile="$OUT/wgmma-tests.json" > "$OUT/wgmma-tests.log" 2>&1
+  summary+=("wgmma tests: exit $? ($(node -e "const r=require('$OUT/wgmma-tests.json');console.log(r.numPassedTests+' passed, '+r.numFailedTests+' failed, '+r.numPendingTests+' skipped')" 2>/dev/null || echo 'no results'))")
+  if [ -f dist/cli.js ]; then
+    MOEKIT_WGMMA=require timeout -k 5 "${MOEKIT_T_WGMMA_BENCH:-150}" node dist/cli.js bench --device cuda --dtype bf16 --op all \
+      --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3 --tokens 1024,4096,16384 \
+      --json "$OUT/bench-wgmma.json" --anchors bench/anchors-h100.json > "$OUT/bench-wgmma.txt" 2>&1
+    summary+=("wgmma bench: exit $? (bench-wgmma.txt)")
+  fi
+  if command -v compute-sanitizer > /dev/null; then
+    MOEKIT_WGMMA=require timeout -k 5 "${MOEKIT_T_WGMMA_MEMCHECK:-150}" compute-sanitizer --tool memcheck --target-processes all --error-exitcode 99 \
+      node node_modules/.bin/jest --runInBand test/gpu/wgmma.test.ts > "$OUT/memcheck-wgmma.log" 2>&1
+    summary+=("wgmma memcheck: exit $? ($(grep -c 'Invalid\|Error' "$OUT/memcheck-wgmma.log") lines naming errors)")
+  fi
+  tail -n 60 "$OUT/bench-wgmma.txt" 2>/dev/null
+  node -e "
+const r=require('$OUT/wgmma-tests.json');
+for (const f of r.testResults) for (const a of f.assertionResults) if (a.status==='failed') console.log('FAIL', a.fullName, '::', a.failureMessages.join(' ').replace(/\\s+/g,' ').slice(0,400));
+" 2>/dev/null | head -c 4000
 fi
 
 tail -n 40 "$OUT/bench.txt" 2>/dev/null
