@@ -26,6 +26,7 @@
 #include "kernels/cuda/gating.h"
 #include "kernels/cuda/graph_cache.h"
 #include "kernels/cuda/grouped_gemm.h"
+#include "kernels/cuda/memcopy.h"
 #include "kernels/cuda/moe_layer.h"
 #include "native/async.h"
 #include "native/errors.h"
@@ -490,7 +491,8 @@ Prepared prepare_moe_layer_forward(Napi::Env env, const Napi::Object& o) {
 }
 
 // copy({src}) -> dst: a copy of src on its device (CPU: split over the CPU threads; CUDA:
-// device-to-device). Used to measure memory bandwidth.
+// a device-to-device copy kernel on the op's stream, kernels/cuda/memcopy.cu). Used to
+// measure memory bandwidth.
 Prepared prepare_copy(Napi::Env env, const Napi::Object& o) {
   struct State {
     Tensor src;
@@ -502,14 +504,14 @@ Prepared prepare_copy(Napi::Env env, const Napi::Object& o) {
   Prepared p;
   p.dev = dev;
   p.alloc = [st, dev] { st->dst[0] = Tensor::empty(st->src.dtype, st->src.shape, dev); };
-  p.compute = [st, dev](void*) {
+  p.compute = [st, dev](void* stream) {
     const int64_t bytes = st->src.numel() * dtype_size(st->src.dtype);
     auto* dst = static_cast<unsigned char*>(st->dst[0].data());
     const auto* src = static_cast<const unsigned char*>(st->src.data());
     if (dev.is_cpu())
       cpu::parallel_for(bytes, int64_t{1} << 20, [&](int64_t b, int64_t e) { std::memcpy(dst + b, src + b, static_cast<size_t>(e - b)); });
     else
-      cuda::copy(dev.index, dst, src, bytes, cuda::CopyKind::kDeviceToDevice);
+      cuda::copy_device(dst, src, bytes, stream);
   };
   p.resolve = [st](Napi::Env e) -> Napi::Value { return NativeTensor::wrap(e, std::move(st->dst[0])); };
   return p;

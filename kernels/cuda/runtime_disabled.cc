@@ -3,6 +3,7 @@
 #include "kernels/common/error.h"
 #include "kernels/cuda/combine.h"
 #include "kernels/cuda/convert.h"
+#include "kernels/cuda/memcopy.h"
 #include "kernels/cuda/cuda_runtime.h"
 #include "kernels/cuda/dispatch.h"
 #include "kernels/cuda/gating.h"
@@ -54,5 +55,6 @@ std::shared_ptr<LayerGraphCache> make_layer_graph_cache() { return std::make_sha
 bool graph_forward(LayerGraphCache&, const MoELayerParams&, void*) { not_compiled(); }
 void convert_to_f32(DType, const void*, float*, int64_t, void*) { not_compiled(); }
 void convert_from_f32(DType, const float*, void*, int64_t, void*) { not_compiled(); }
+void copy_device(void*, const void*, int64_t, void*) { not_compiled(); }
 
 }  // namespace moekit::cuda
