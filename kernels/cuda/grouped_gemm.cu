@@ -137,26 +137,8 @@ __global__ void __launch_bounds__(kThreads, kBM == 128 ? 1 : 2) gemm_tc_kernel(A
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
   const int64_t j0 = static_cast<int64_t>(blockIdx.y) * (BN / 2);
 
-  // Source of accumulator column c (0..BN-1) of this tile: the start of its weight
-  // row ([E,N,K]: K contiguous elements) or weight column ([E,K,N]: stride N);
-  // valid = false for columns past the end (zero-filled).
-  auto col_source = [&](int c, bool* valid) -> const typename Tag::Raw* {
-    int role = 0;
-    int64_t wc;
-    if (M == ColMode::kPlain || M == ColMode::kInterleaved) {
-      wc = n0 + c;
-      *valid = wc < N;
-    } else {
-      const int b = c >> 3;
-      role = b & 1;
-      const int64_t j = j0 + (b >> 1) * 8 + (c & 7);
-      *valid = j < a.n_out;
-      wc = weight_col<M>(a, j, role);
-    }
-    const typename Tag::Raw* m = expert_matrix<Tag, M>(a, e, role);
-    if (!*valid) return m;
-    return L == WeightLayout::kENK ? m + wc * K : m + wc;
-  };
+  // Source of accumulator column c (0..BN-1) of this tile (zero-filled when !valid).
+  auto col_source = [&](int c, bool* valid) { return tile_col_source<Tag, L, M>(a, e, n0, j0, c, valid); };
 
   // ---- x tile loader: global f32 -> registers -> 16-bit shared.
   float4 xr[C::A_VEC];  // [A_VEC] staged x values of the next tile

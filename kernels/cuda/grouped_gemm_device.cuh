@@ -137,6 +137,32 @@ __device__ __forceinline__ const typename Tag::Raw* expert_matrix(const Args& a,
   return static_cast<const Raw*>(base) + e * a.n * a.k;
 }
 
+// Source of accumulator column c of a tensor-core tile whose columns start at weight
+// column n0 (kPlain, kInterleaved: natural order) or at output j0 (kHalves, kTwo: 8-column
+// blocks alternating gate / up of the same 8 outputs): the start of its weight row
+// ([E,N,K]: K contiguous elements) or weight column ([E,K,N]: stride N). *valid = false
+// for columns past the end (then the expert's matrix start is returned, a real address
+// for zero-filling copies).
+template <class Tag, WeightLayout L, ColMode M>
+__device__ __forceinline__ const typename Tag::Raw* tile_col_source(const Args& a, int64_t e, int64_t n0, int64_t j0,
+                                                                     int c, bool* valid) {
+  int role = 0;
+  int64_t wc;
+  if (M == ColMode::kPlain || M == ColMode::kInterleaved) {
+    wc = n0 + c;
+    *valid = wc < a.n;
+  } else {
+    const int b = c >> 3;
+    role = b & 1;
+    const int64_t j = j0 + (b >> 1) * 8 + (c & 7);
+    *valid = j < a.n_out;
+    wc = weight_col<M>(a, j, role);
+  }
+  const typename Tag::Raw* m = expert_matrix<Tag, M>(a, e, role);
+  if (!*valid) return m;
+  return L == WeightLayout::kENK ? m + wc * a.k : m + wc;
+}
+
 // Bias of output j, role `role` (0 when there is none). The up role of kTwo takes
 // bias_up; the other GLU modes take both halves from bias.
 // NOTE: bias and bias_up apply independently, as on the CPU backend.

@@ -129,82 +129,55 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
 }
 
 // d += A (64 x 16, descriptor) * B (16 x 256, descriptor), f32 accumulate; scale-d = 1
-// (accumulate), no negation, no transpose (both operands K-major).
-__device__ __forceinline__ void wgmma_m64n256k16_bf16(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
-  asm volatile(
-      "{\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
-      "{"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-      "}, %128, %129, 1, 1, 1, 0, 0;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "l"(desc_a), "l"(desc_b));
-}
-
-// d += A (64 x 16, descriptor) * B (16 x 256, descriptor), f32 accumulate; scale-d = 1
-// (accumulate), no negation, no transpose (both operands K-major).
-__device__ __forceinline__ void wgmma_m64n256k16_f16(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
-  asm volatile(
-      "{\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
-      "{"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-      "}, %128, %129, 1, 1, 1, 0, 0;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "l"(desc_a), "l"(desc_b));
-}
+// (accumulate), no negation, no transpose (both operands K-major). TY is the PTX type of
+// A and B (bf16 or f16); the 128 accumulator registers are the operands %0..%127.
+#define MOEKIT_WGMMA_D128 \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
+  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+#define MOEKIT_WGMMA_D128_OPERANDS(d) \
+      "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+      "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+      "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+      "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+      "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+      "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+      "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
+      "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
+      "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
+      "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
+      "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
+      "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), \
+      "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
+      "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
+      "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+#define MOEKIT_WGMMA_M64N256K16(TY, d, desc_a, desc_b)                                   \
+  asm volatile("wgmma.mma_async.sync.aligned.m64n256k16.f32." TY "." TY " {" MOEKIT_WGMMA_D128 "}, " \
+               "%128, %129, 1, 1, 1, 0, 0;\n"                                                   \
+               : MOEKIT_WGMMA_D128_OPERANDS(d)                                                   \
+               : "l"(desc_a), "l"(desc_b))
 
 __device__ __forceinline__ void wgmma_k16(TagBf16, float (&d)[128], uint64_t da, uint64_t db) {
-  wgmma_m64n256k16_bf16(d, da, db);
+  MOEKIT_WGMMA_M64N256K16("bf16", d, da, db);
 }
 __device__ __forceinline__ void wgmma_k16(TagF16, float (&d)[128], uint64_t da, uint64_t db) {
-  wgmma_m64n256k16_f16(d, da, db);
+  MOEKIT_WGMMA_M64N256K16("f16", d, da, db);
+}
+
+// y[j] = o0 and, when has1, y[j + 1] = o1 (one 8-byte store when allowed: j even, n_out even).
+__device__ __forceinline__ void store_pair(float* yrow, int64_t j, float o0, float o1, bool has1, bool vec_y) {
+  if (has1 && vec_y) {
+    *reinterpret_cast<float2*>(yrow + j) = make_float2(o0, o1);
+  } else {
+    yrow[j] = o0;
+    if (has1) yrow[j + 1] = o1;
+  }
 }
 
 #endif  // MOEKIT_WGMMA_DEVICE || !__CUDA_ARCH__
@@ -223,7 +196,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(Args a, const u
   const int64_t e = u.expert;
   const int row0 = u.row_begin + u.index * kBM;
   const int mrows = min(kBM, u.row_end - row0);  // >= 1
-  const int64_t K = a.k, N = a.n;
+  const int64_t K = a.k;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2;  // warpgroup: tile rows 64 wg .. 64 wg + 63
   const int wq = warp & 3;   // warp within the warpgroup: 16 of those rows
@@ -237,22 +210,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(Args a, const u
   const int64_t j0 = static_cast<int64_t>(blockIdx.y) * (kBN / 2);  // kHalves: first output
 
   // Weight row of accumulator column c (K contiguous elements), as in gemm_tc_kernel.
-  auto col_source = [&](int c, bool* valid) -> const Raw* {
-    int role = 0;
-    int64_t wc;
-    if (M == ColMode::kPlain || M == ColMode::kInterleaved) {
-      wc = n0 + c;
-      *valid = wc < N;
-    } else {
-      const int b = c >> 3;
-      role = b & 1;
-      const int64_t j = j0 + (b >> 1) * 8 + (c & 7);
-      *valid = j < a.n_out;
-      wc = weight_col<M>(a, j, role);
-    }
-    const Raw* m = expert_matrix<Tag, M>(a, e, role);
-    return *valid ? m + wc * K : m;
-  };
+  auto col_source = [&](int c, bool* valid) { return tile_col_source<Tag, WeightLayout::kENK, M>(a, e, n0, j0, c, valid); };
 
   // Copy assignment: thread tid copies 16-byte chunk ch = tid & 7 of rows rb + 32 i
   // (A: i < 4, B: i < 8). Every such row has the same r & 7, so the same swizzled chunk.
@@ -326,6 +284,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(Args a, const u
   cp_async_wait<0>();  // only empty groups can remain; leave none behind
 
   // ---- epilogue: bias, activation, row scale, store (from registers).
+  // NOTE: keep the second output's work inside `if (j + 1 < n_out)`: computing it
+  // unconditionally (a ternary) gave the kPlain kernel a 512-byte stack frame (ptxas -v).
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -341,16 +301,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(Args a, const u
       if (M == ColMode::kPlain) {
         const int64_t j = n0 + c;
         if (j >= a.n_out) continue;
-        const bool two_cols = j + 1 < a.n_out;
         const float o0 = act_plain_rt(a.act, v0 + bias_at<Tag, M>(a, e, 0, j)) * scale;
-        if (two_cols) {
-          const float o1 = act_plain_rt(a.act, v1 + bias_at<Tag, M>(a, e, 0, j + 1)) * scale;
-          if (a.vec_y) {
-            *reinterpret_cast<float2*>(yrow + j) = make_float2(o0, o1);  // j even, n_out even
-          } else {
-            yrow[j] = o0;
-            yrow[j + 1] = o1;
-          }
+        if (j + 1 < a.n_out) {
+          store_pair(yrow, j, o0, act_plain_rt(a.act, v1 + bias_at<Tag, M>(a, e, 0, j + 1)) * scale, true, a.vec_y);
         } else {
           yrow[j] = o0;
         }
@@ -371,12 +324,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(Args a, const u
           const float o1 = act_glu_rt(a.act, v1 + bias_at<Tag, M>(a, e, 0, j + 1),
                                       u1 + bias_at<Tag, M>(a, e, 1, j + 1), a.alpha, a.limit) *
                            scale;
-          if (a.vec_y) {
-            *reinterpret_cast<float2*>(yrow + j) = make_float2(o0, o1);  // j even, n_out even
-          } else {
-            yrow[j] = o0;
-            yrow[j + 1] = o1;
-          }
+          store_pair(yrow, j, o0, o1, true, a.vec_y);
         } else {
           yrow[j] = o0;
         }
