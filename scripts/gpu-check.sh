@@ -12,7 +12,8 @@
 # 3. ncu counters of the grouped GEMM kernels at mixtral T = 4096 -> $OUT/ncu.txt 
 # 4. compute-sanitizer memcheck over the op/layer/graph GPU tests at small sizes -> $OUT/memcheck.log
 # 5. "wgmma" (not in the default set; the Hopper grouped GEMM is opt-in until this passes):
-#    with MOEKIT_WGMMA=require, test/gpu/wgmma.test.ts + the layer tests -> $OUT/wgmma-tests.{json,log},
+#    with MOEKIT_WGMMA=require, scripts/gpu-wgmma-diag.js (exact-valued inputs that name the
+#    element behind each output) -> $OUT/wgmma-diag.txt, test/gpu/wgmma.test.ts + the layer tests -> $OUT/wgmma-tests.{json,log},
 #    the layer bench at prefill sizes -> $OUT/bench-wgmma.{txt,json}, and wgmma.test.ts under
 #    memcheck -> $OUT/memcheck-wgmma.log. Run it on its own: MOEKIT_STEPS="wgmma".
 # Each step has its own time limit (MOEKIT_T_TESTS, MOEKIT_T_BENCH, MOEKIT_T_OFFLOAD, MOEKIT_T_NCU,
@@ -75,6 +76,9 @@ fi
 # The Hopper wgmma grouped GEMM (kernels/cuda/grouped_gemm_sm90.cu). MOEKIT_WGMMA=require turns
 # any fallback to the mma.sync kernel into an error, so what passes is the wgmma kernel.
 if want wgmma; then
+  # Exact-valued inputs first: a layout error shows as a pattern (scripts/gpu-wgmma-diag.js).
+  MOEKIT_WGMMA=require timeout -k 5 "${MOEKIT_T_WGMMA_DIAG:-60}" node scripts/gpu-wgmma-diag.js > "$OUT/wgmma-diag.txt" 2>&1
+  summary+=("wgmma diag: exit $? ($(tail -n 1 "$OUT/wgmma-diag.txt"))")
   MOEKIT_WGMMA=require timeout -k 5 "${MOEKIT_T_WGMMA_TESTS:-200}" node node_modules/.bin/jest --runInBand --testTimeout=150000 \
     test/gpu/wgmma.test.ts test/gpu/layer.test.ts --json --outputFile="$OUT/wgmma-tests.json" > "$OUT/wgmma-tests.log" 2>&1
   summary+=("wgmma tests: exit $? ($(node -e "const r=require('$OUT/wgmma-tests.json');console.log(r.numPassedTests+' passed, '+r.numFailedTests+' failed, '+r.numPendingTests+' skipped')" 2>/dev/null || echo 'no results'))")
@@ -89,6 +93,7 @@ if want wgmma; then
       node node_modules/.bin/jest --runInBand test/gpu/wgmma.test.ts > "$OUT/memcheck-wgmma.log" 2>&1
     summary+=("wgmma memcheck: exit $? ($(grep -c 'Invalid\|Error' "$OUT/memcheck-wgmma.log") lines naming errors)")
   fi
+  cat "$OUT/wgmma-diag.txt"
   tail -n 60 "$OUT/bench-wgmma.txt" 2>/dev/null
   node -e "
 const r=require('$OUT/wgmma-tests.json');
