@@ -11,8 +11,9 @@
 //
 // Same semantics as gemm_tc_kernel with 128-row tiles (same work units, same
 // accumulator-column conventions, x rounded to the weight's 16-bit type):
-//   1. convert_x_kernel writes x (f32) as a [rows, K] 16-bit copy in stream-ordered
-//      scratch, so that both operands are 16-bit rows that cp.async can copy as is.
+//   1. convert_from_f32 (convert.cu) writes x (f32) as a [rows, K] 16-bit copy in
+//      stream-ordered scratch, so that both operands are 16-bit rows that cp.async can
+//      copy as is.
 //   2. gemm_wgmma_kernel: CTA tile 128 rows x 256 accumulator columns, K in steps of
 //      64; 256 threads = 2 warpgroups, warpgroup g computes rows 64g..64g+63 of the
 //      tile with wgmma.mma_async m64n256k16 (f32 accumulators: 128 registers per
@@ -48,6 +49,7 @@
 #include <cstring>
 
 #include "kernels/common/error.h"
+#include "kernels/cuda/convert.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/grouped_gemm_device.cuh"
 
@@ -72,22 +74,6 @@ constexpr int kMinRows = kSmallMaxRows + 1;  // smaller experts take the decode 
 
 static_assert(kThreads == 256, "two warpgroups");
 static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90");
-
-// ---------------------------------------------------------------------------
-// x (f32) -> 16-bit copy. n = rows * K elements; K % 8 == 0 and both pointers 16-byte
-// aligned (checked by the launcher), so 4-element vectors never straddle rows.
-template <class Tag>
-__global__ void __launch_bounds__(256) convert_x_kernel(const float* __restrict__ x, uint16_t* __restrict__ out, int64_t n) {
-  const int64_t n4 = n / 4;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n4;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float4 v = __ldg(reinterpret_cast<const float4*>(x) + i);
-    uint2 p;
-    p.x = Tag::pack2(v.x, v.y);
-    p.y = Tag::pack2(v.z, v.w);
-    reinterpret_cast<uint2*>(out)[i] = p;
-  }
-}
 
 // Defined only where they can be used: the sm_90a device pass (and the host pass,
 // which ignores device code); other architectures would warn that they are unused.
@@ -434,14 +420,10 @@ bool launch_sm90_gemm(const Args& a, DType dtype, ColMode mode, cudaStream_t s) 
     cudaStream_t s;
     ~Free() { cudaFreeAsync(p, s); }
   } release{x16, s};
-  const int64_t blocks = std::min<int64_t>((n / 4 + 255) / 256, 4096);
+  convert_from_f32(dtype, a.x, x16, n, s);  // round to nearest even, as gemm_tc_kernel does
   if (dtype == DType::kBF16) {
-    convert_x_kernel<TagBf16><<<static_cast<unsigned>(blocks), 256, 0, s>>>(a.x, static_cast<uint16_t*>(x16), n);
-    MOEKIT_CUDA_CHECK(cudaGetLastError());
     launch_mode<TagBf16>(a, mode, static_cast<const uint16_t*>(x16), s);
   } else {
-    convert_x_kernel<TagF16><<<static_cast<unsigned>(blocks), 256, 0, s>>>(a.x, static_cast<uint16_t*>(x16), n);
-    MOEKIT_CUDA_CHECK(cudaGetLastError());
     launch_mode<TagF16>(a, mode, static_cast<const uint16_t*>(x16), s);
   }
   return true;
