@@ -83,13 +83,13 @@ if want wgmma; then
     test/gpu/wgmma.test.ts test/gpu/layer.test.ts --json --outputFile="$OUT/wgmma-tests.json" > "$OUT/wgmma-tests.log" 2>&1
   summary+=("wgmma tests: exit $? ($(node -e "const r=require('$OUT/wgmma-tests.json');console.log(r.numPassedTests+' passed, '+r.numFailedTests+' failed, '+r.numPendingTests+' skipped')" 2>/dev/null || echo 'no results'))")
   if [ -f dist/cli.js ]; then
-    MOEKIT_WGMMA=require timeout -k 5 "${MOEKIT_T_WGMMA_BENCH:-150}" node dist/cli.js bench --device cuda --dtype bf16 --op all \
+    MOEKIT_WGMMA=require timeout -k 5 "${MOEKIT_T_WGMMA_BENCH:-130}" node dist/cli.js bench --device cuda --dtype bf16 --op all \
       --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3 --tokens 1024,4096,16384 \
       --json "$OUT/bench-wgmma.json" --anchors bench/anchors-h100.json > "$OUT/bench-wgmma.txt" 2>&1
     summary+=("wgmma bench: exit $? (bench-wgmma.txt)")
   fi
   if command -v compute-sanitizer > /dev/null; then
-    MOEKIT_WGMMA=require timeout -k 5 "${MOEKIT_T_WGMMA_MEMCHECK:-150}" compute-sanitizer --tool memcheck --target-processes all --error-exitcode 99 \
+    MOEKIT_WGMMA=require timeout -k 5 "${MOEKIT_T_WGMMA_MEMCHECK:-120}" compute-sanitizer --tool memcheck --target-processes all --error-exitcode 99 \
       node node_modules/.bin/jest --runInBand test/gpu/wgmma.test.ts > "$OUT/memcheck-wgmma.log" 2>&1
     summary+=("wgmma memcheck: exit $? ($(grep -c 'Invalid\|Error' "$OUT/memcheck-wgmma.log") lines naming errors)")
   fi
