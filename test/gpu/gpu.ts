@@ -9,9 +9,12 @@ export function gpuSkipReason(): string | null {
   return null;
 }
 
-/** describe() when a CUDA device is usable; describe.skip() with the reason printed otherwise. */
-export function describeGpu(name: string, fn: () => void): void {
-  const reason = gpuSkipReason();
+/**
+ * describe() when a CUDA device is usable; describe.skip() with the reason printed otherwise.
+ * `extraSkipReason` (checked after the device) skips for a further reason of the caller's.
+ */
+export function describeGpu(name: string, fn: () => void, extraSkipReason: () => string | null = () => null): void {
+  const reason = gpuSkipReason() ?? extraSkipReason();
   if (reason === null) {
     describe(name, fn);
     return;

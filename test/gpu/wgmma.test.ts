@@ -24,18 +24,11 @@ function hopperSkipReason(): string | null {
   const mode = process.env.MOEKIT_WGMMA;
   if (mode !== '1' && mode !== 'require') return 'MOEKIT_WGMMA is not 1 or require (the wgmma path is opt-in)';
   const d = runtime().devices[0];
-  if (d === undefined) return null; // describeGpu gives the reason
-  if (d.computeCapability !== '9.0') return `device 0 is compute capability ${d.computeCapability}, not 9.0`;
+  if (d !== undefined && d.computeCapability !== '9.0') return `device 0 is compute capability ${d.computeCapability}, not 9.0`;
   return null;
 }
 
-const reason = hopperSkipReason();
-const describeHopper = reason === null ? describeGpu : (name: string, fn: () => void) => {
-  process.stdout.write(`[test/gpu] skipping "${name}": ${reason}\n`);
-  describe.skip(`${name} (skipped: ${reason})`, fn);
-};
-
-describeHopper('wgmma grouped GEMM matches the CPU backend', () => {
+describeGpu('wgmma grouped GEMM matches the CPU backend', () => {
   const cases: { act: Activation; two?: boolean; bias?: boolean; scale?: boolean }[] = [
     { act: 'none', bias: true, scale: true },
     { act: 'swiglu' },
@@ -90,4 +83,4 @@ describeHopper('wgmma grouped GEMM matches the CPU backend', () => {
             if (!t.disposed) t.dispose();
         }
       });
-});
+}, hopperSkipReason);
