@@ -21,6 +21,12 @@
 //                     capability 9.0 device, in place of gemm_tc_kernel's 128-row
 //                     tiles, when MOEKIT_WGMMA=1: warpgroup MMAs, 128 x 256 tiles.
 //                     Opt-in until test/gpu/wgmma.test.ts has passed on an H100.
+//   gemm_skinny_kernel (grouped_gemm_skinny.cu) bf16/f16 [E, N, K] weights, experts
+//                     with 3..16 rows, when MOEKIT_SKINNY=1: tensor cores fed straight
+//                     from global memory, x split into hi + lo 16-bit parts (f32-grade
+//                     results). It replaces the 3..8-row GEMV kernel, and the tiled
+//                     kernels then take experts of 17 or more rows (Args::tile_min_rows).
+//                     Opt-in until test/gpu/skinny.test.ts has passed on a GPU.
 //   gemm_simt_kernel  f32 weights, experts with > kSmallMaxRows rows: plain fp32
 //                     FMA tiles (64 x 64, BK = 16, 4 x 4 per thread).
 //   gemv_enk_kernel   any dtype, [E, N, K] weights, experts with 1..kSmallMaxRows
@@ -36,8 +42,9 @@
 // on the device (locate_unit: warp 0 scans the per-expert unit counts computed
 // from offsets). Work units are PER EXPERT, so a row tile never straddles two
 // experts:
-//   tiled kernels: units = ceil(count_e / BM) for experts with count_e > kSmallMaxRows;
-//                  sum <= ceil(rows / BM) + min(E, rows / (kSmallMaxRows + 1)) = grid.x
+//   tiled kernels: units = ceil(count_e / BM) for experts with count_e >= tile_min_rows
+//                  (kSmallMaxRows + 1, or kSkinnyMaxRows + 1 with the skinny kernel);
+//                  sum <= ceil(rows / BM) + min(E, rows / tile_min_rows) = grid.x
 //   GEMV kernels:  one unit per expert with 1..2 rows (grid.x = min(E, rows)),
 //                  resp. 3..8 rows (grid.x = min(E, rows / 3))
 // CTAs past the last unit exit after the scan; empty experts get no unit. The
@@ -123,7 +130,7 @@ __global__ void __launch_bounds__(kThreads, kBM == 128 ? 1 : 2) gemm_tc_kernel(A
   __shared__ __align__(16) uint16_t As[2][BM * AS];   // [stage][BM][AS]
   __shared__ __align__(16) uint16_t Bs[2][kBsElems];  // [stage][BN][BSK] or [stage][BK][BSN]
 
-  const Unit u = locate_unit<kBM, kSmallMaxRows + 1, kMaxInt>(a, static_cast<int>(blockIdx.x));
+  const Unit u = locate_unit<kBM>(a, static_cast<int>(blockIdx.x), a.tile_min_rows, kMaxInt);
   if (u.expert < 0) return;  // uniform across the CTA
   const int64_t e = u.expert;
   const int row0 = u.row_begin + u.index * BM;
@@ -317,94 +324,7 @@ __global__ void __launch_bounds__(kThreads, kBM == 128 ? 1 : 2) gemm_tc_kernel(A
   }
 
   // ---- epilogue: bias, activation, row scale, store (straight from registers).
-  const int g = lane >> 2, t = lane & 3;
-  float* y = a.y;
-  // Per-thread output columns and biases, hoisted out of the row loop.
-  // ocol[ni][q]: output column of accumulator (ni, q), -1 if none / invalid.
-  // kPlain: q = 0, 1 -> columns; kInterleaved: q = 0 only (q = 1 is its up);
-  // kHalves/kTwo: even ni carries the gate, ni + 1 the up of the same outputs.
-  int64_t ocol[NI][2];
-  float bg[NI][2];  // gate / plain bias
-  float bu[NI][2];  // up bias (GLU)
-#pragma unroll
-  for (int ni = 0; ni < NI; ++ni) {
-    const int c = wn * 32 + ni * 8 + 2 * t;  // even accumulator column
-#pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      int64_t j = -1;
-      float b0 = 0.0f, b1 = 0.0f;
-      if (M == ColMode::kPlain) {
-        j = n0 + c + q;
-        if (j < a.n_out) {
-          b0 = bias_at<Tag, M>(a, e, 0, j);
-        } else {
-          j = -1;
-        }
-      } else if (M == ColMode::kInterleaved) {
-        j = q == 0 ? (n0 + c) / 2 : -1;  // n0 and c even
-        if (j >= a.n_out) j = -1;
-        if (j >= 0) {
-          b0 = bias_at<Tag, M>(a, e, 0, j);
-          b1 = bias_at<Tag, M>(a, e, 1, j);
-        }
-      } else {
-        if ((ni & 1) == 0) {
-          j = j0 + ((wn * 32 + ni * 8) >> 4) * 8 + 2 * t + q;
-          if (j >= a.n_out) j = -1;
-          if (j >= 0) {
-            b0 = bias_at<Tag, M>(a, e, 0, j);
-            b1 = bias_at<Tag, M>(a, e, 1, j);
-          }
-        }
-      }
-      ocol[ni][q] = j;
-      bg[ni][q] = b0;
-      bu[ni][q] = b1;
-    }
-  }
-
-#pragma unroll
-  for (int mi = 0; mi < MI; ++mi) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int rl = wm * C::WTM + mi * 16 + g + h * 8;
-      if (rl >= mrows) continue;
-      const int64_t row = row0 + rl;
-      const float scale = a.row_scale != nullptr ? a.row_scale[row] : 1.0f;
-      float* yrow = y + row * a.n_out;
-#pragma unroll
-      for (int ni = 0; ni < NI; ++ni) {
-        const float v0 = acc[mi][ni][2 * h], v1 = acc[mi][ni][2 * h + 1];
-        if (M == ColMode::kPlain) {
-          const float o0 = act_plain_rt(a.act, v0 + bg[ni][0]) * scale;
-          const float o1 = act_plain_rt(a.act, v1 + bg[ni][1]) * scale;
-          const int64_t j = ocol[ni][0];
-          if (j < 0) continue;
-          if (ocol[ni][1] >= 0 && a.vec_y) {
-            *reinterpret_cast<float2*>(yrow + j) = make_float2(o0, o1);  // j even, n_out even
-          } else {
-            yrow[j] = o0;
-            if (ocol[ni][1] >= 0) yrow[j + 1] = o1;
-          }
-        } else if (M == ColMode::kInterleaved) {
-          const int64_t j = ocol[ni][0];
-          if (j >= 0) yrow[j] = act_glu_rt(a.act, v0 + bg[ni][0], v1 + bu[ni][0], a.alpha, a.limit) * scale;
-        } else if ((ni & 1) == 0) {
-          const float u0 = acc[mi][ni + 1][2 * h], u1 = acc[mi][ni + 1][2 * h + 1];
-          const int64_t j = ocol[ni][0];
-          if (j < 0) continue;
-          const float o0 = act_glu_rt(a.act, v0 + bg[ni][0], u0 + bu[ni][0], a.alpha, a.limit) * scale;
-          const float o1 = act_glu_rt(a.act, v1 + bg[ni][1], u1 + bu[ni][1], a.alpha, a.limit) * scale;
-          if (ocol[ni][1] >= 0 && a.vec_y) {
-            *reinterpret_cast<float2*>(yrow + j) = make_float2(o0, o1);  // j even, n_out even
-          } else {
-            yrow[j] = o0;
-            if (ocol[ni][1] >= 0) yrow[j + 1] = o1;
-          }
-        }
-      }
-    }
-  }
+  store_mma_tile<Tag, M, MI>(a, e, n0, j0, wn, wm * C::WTM, row0, mrows, acc);
 }
 
 // ---------------------------------------------------------------------------
@@ -426,7 +346,7 @@ __global__ void __launch_bounds__(kThreads) gemm_simt_kernel(Args a) {
   __shared__ __align__(16) float As[BK * LD];  // [BK][LD], row r at As[k * LD + r]
   __shared__ __align__(16) float Bs[BK * LD];  // [BK][LD], column c at Bs[k * LD + c]
 
-  const Unit u = locate_unit<BM, kSmallMaxRows + 1, kMaxInt>(a, static_cast<int>(blockIdx.x));
+  const Unit u = locate_unit<BM>(a, static_cast<int>(blockIdx.x), kSmallMaxRows + 1, kMaxInt);
   if (u.expert < 0) return;
   const int64_t e = u.expert;
   const int row0 = u.row_begin + u.index * BM;
@@ -660,7 +580,7 @@ __device__ __forceinline__ void gemv_enk_body(const Args& a, const Unit& u) {
 template <class Tag, ColMode M, int kMR>
 __global__ void __launch_bounds__(kThreads, kMR <= kTinyMaxRows ? 2 : 1) gemv_enk_kernel(Args a) {
   constexpr int kMin = kMR <= kTinyMaxRows ? 1 : kTinyMaxRows + 1;
-  const Unit u = locate_unit<kMR, kMin, kMR>(a, static_cast<int>(blockIdx.x));
+  const Unit u = locate_unit<kMR>(a, static_cast<int>(blockIdx.x), kMin, kMR);
   if (u.expert < 0) return;
   gemv_enk_body<Tag, M, kMR>(a, u);
 }
@@ -823,7 +743,7 @@ __global__ void __launch_bounds__(kThreads, kMR <= kTinyMaxRows ? 2 : 1) gemv_ek
   __shared__ __align__(16) float red[KG * kEknCols];  // [KG][kEknCols] partial sums
   __shared__ float sums[kEknCols];                    // [kEknCols] reduced sums of one row
   constexpr int kMin = kMR <= kTinyMaxRows ? 1 : kTinyMaxRows + 1;
-  const Unit u = locate_unit<kMR, kMin, kMR>(a, static_cast<int>(blockIdx.x));
+  const Unit u = locate_unit<kMR>(a, static_cast<int>(blockIdx.x), kMin, kMR);
   if (u.expert < 0) return;
   gemv_ekn_body<Tag, M, kMR>(a, u, xs, red, sums);
 }
@@ -839,8 +759,9 @@ void check_grid_y(int64_t gy, const char* kernel) {
 }
 
 // Decode kernels and the f32 GEMM: templated on dtype, layout and column mode.
+// small_gemv = false: the 3..8-row GEMV is not launched (the skinny kernel took those experts).
 template <class Tag, WeightLayout L, ColMode M>
-void launch_generic(const Args& a, cudaStream_t stream) {
+void launch_generic(const Args& a, cudaStream_t stream, bool small_gemv = true) {
   constexpr bool kF32 = sizeof(typename Tag::Raw) == 4;
   const int64_t rows = a.rows, experts = a.experts;
 
@@ -864,7 +785,7 @@ void launch_generic(const Args& a, cudaStream_t stream) {
       gemv_ekn_kernel<Tag, M, kTinyMaxRows><<<grid_tiny, kThreads, 0, stream>>>(a);
     }
     MOEKIT_CUDA_CHECK(cudaGetLastError());
-    if (gx_small > 0) {
+    if (gx_small > 0 && small_gemv) {
       const dim3 grid_small(static_cast<unsigned>(gx_small), static_cast<unsigned>(gy));
       if (L == WeightLayout::kENK) {
         gemv_enk_kernel<Tag, M, kSmallMaxRows><<<grid_small, kThreads, 0, stream>>>(a);
@@ -891,12 +812,21 @@ void launch_generic(const Args& a, cudaStream_t stream) {
 // Everything for one (dtype, layout, column mode): the decode kernel, then the
 // tiled kernel (SIMT for f32 above, tensor cores for bf16/f16 here).
 template <class Tag, WeightLayout L, ColMode M>
-void launch(const Args& a, cudaStream_t stream) {
+void launch(const Args& args, cudaStream_t stream) {
   constexpr bool kF32 = sizeof(typename Tag::Raw) == 4;
+  Args a = args;
+  // The skinny kernel (opt-in, grouped_gemm_skinny.cu) takes the experts with 3..16 rows
+  // of [E, N, K] 16-bit weights; the tiled kernels then start at 17 rows.
+  bool skinny = false;
+  if constexpr (!kF32 && L == WeightLayout::kENK) {
+    constexpr DType kDtype = std::is_same_v<Tag, TagBf16> ? DType::kBF16 : DType::kF16;
+    skinny = launch_skinny_gemm(a, kDtype, M, stream);
+  }
+  if (skinny) a.tile_min_rows = kSkinnyMaxRows + 1;
   const int64_t rows = a.rows, experts = a.experts;
-  launch_generic<Tag, L, M>(a, stream);
-  if (rows <= kSmallMaxRows) return;
-  const int64_t max_large = std::min<int64_t>(experts, rows / (kSmallMaxRows + 1));
+  launch_generic<Tag, L, M>(a, stream, !skinny);
+  if (rows < a.tile_min_rows) return;
+  const int64_t max_large = std::min<int64_t>(experts, rows / a.tile_min_rows);
   if constexpr (!kF32) {
     const int64_t gy = ceil_div(a.n_out, M == ColMode::kPlain ? 128 : 64);
     check_grid_y(gy, "the tensor-core GEMM kernel");
@@ -992,6 +922,7 @@ void grouped_gemm(const GroupedGemmParams& p, void* stream) {
   a.n_out = (glu && !two) ? p.n / 2 : p.n;
   a.rows = static_cast<int32_t>(p.rows);
   a.experts = static_cast<int32_t>(p.experts);
+  a.tile_min_rows = kSmallMaxRows + 1;
   a.alpha = p.alpha;
   a.limit = p.limit;
   a.act = p.activation;

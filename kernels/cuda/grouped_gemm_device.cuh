@@ -18,6 +18,7 @@ namespace moekit::cuda::gg {
 constexpr int kThreads = 256;     // every kernel
 constexpr int kSmallMaxRows = 8;  // experts with 1..8 rows take the GEMV kernels
 constexpr int kTinyMaxRows = 2;   // ... split into 1..2 rows and 3..8 rows (see gemv_*_kernel)
+constexpr int kSkinnyMaxRows = 16;  // with the skinny kernel (opt-in): it takes 3..16 rows instead
 constexpr int kMaxInt = 2147483647;
 
 // How weight columns feed outputs (see the file comment).
@@ -43,6 +44,9 @@ struct Args {
   int64_t n_out;             // output columns
   int32_t rows;
   int32_t experts;
+  int32_t tile_min_rows;     // experts with at least this many rows take the tiled kernels
+                             // (kSmallMaxRows + 1, or kSkinnyMaxRows + 1 when the skinny
+                             // kernel takes the experts in between)
   float alpha;               // kGptOssSwiGLU
   float limit;               // kGptOssSwiGLU
   Activation act;            // applied by a run-time switch in the epilogues
@@ -238,13 +242,13 @@ struct Unit {
 };
 
 // Finds work unit `target` (blockIdx.x): the units are the row tiles of kBM rows of
-// the experts whose row count lies in [kMinRows, kMaxRows] (the GEMV kernels use
-// kBM = kMaxRows: one unit per expert). Warp 0 scans the experts 32 at a time
+// the experts whose row count lies in [min_rows, max_rows] (the GEMV and skinny kernels
+// use kBM = max_rows: one unit per expert). Warp 0 scans the experts 32 at a time
 // (inclusive warp scan of per-expert unit counts); the result is broadcast through
 // shared memory. Must be called by every thread of the CTA (contains __syncthreads).
-template <int kBM, int kMinRows, int kMaxRows>
-__device__ Unit locate_unit(const Args& a, int target) {
-  static_assert(kBM > 0 && kMinRows >= 1 && kMinRows <= kMaxRows, "bad unit filter");
+template <int kBM>
+__device__ Unit locate_unit(const Args& a, int target, int min_rows, int max_rows) {
+  static_assert(kBM > 0, "bad unit size");
   __shared__ int s_unit[4];  // [expert, index, row_begin, row_end]
   if (threadIdx.x < 32) {
     const unsigned lane = threadIdx.x;
@@ -258,7 +262,7 @@ __device__ Unit locate_unit(const Args& a, int target) {
         begin = min(max(__ldg(a.offsets + e), 0), a.rows);
         end = min(max(__ldg(a.offsets + e + 1), begin), a.rows);
         const int count = end - begin;
-        units = (count >= kMinRows && count <= kMaxRows) ? (count - 1) / kBM + 1 : 0;  // no int overflow
+        units = (count >= min_rows && count <= max_rows) ? (count - 1) / kBM + 1 : 0;  // no int overflow
       }
       int incl = units;  // inclusive scan over lanes
 #pragma unroll
@@ -336,6 +340,109 @@ __device__ __forceinline__ void mma16816(TagF16, float (&d)[4], const uint32_t (
 }
 
 // ---------------------------------------------------------------------------
+// Epilogue of the mma.sync kernels (gemm_tc_kernel, gemm_skinny_kernel): bias,
+// activation, row scale and store, straight from a warp's m16n8 accumulator fragments.
+// The warp holds MI m16 tiles (tile rows row_off + 16 mi ..) times NI = 4 n8 tiles
+// (accumulator columns wn * 32 + 8 ni ..) of a 128-column tile whose columns start at
+// weight column n0 (kPlain, kInterleaved) or output j0 (kHalves, kTwo); see
+// tile_col_source. Rows of the tile at or past mrows are not stored; row0 is the tile's
+// first row in x / y. Fragment layout: acc[mi][ni] = {(row g, cols 2t, 2t+1),
+// (row g + 8, cols 2t, 2t+1)}, g = lane / 4, t = lane % 4.
+template <class Tag, ColMode M, int MI>
+__device__ __forceinline__ void store_mma_tile(const Args& a, int64_t e, int64_t n0, int64_t j0, int wn, int row_off,
+                                               int row0, int mrows, const float (&acc)[MI][4][4]) {
+  constexpr int NI = 4;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  float* y = a.y;
+  // Per-thread output columns and biases, hoisted out of the row loop.
+  // ocol[ni][q]: output column of accumulator (ni, q), -1 if none / invalid.
+  // kPlain: q = 0, 1 -> columns; kInterleaved: q = 0 only (q = 1 is its up);
+  // kHalves/kTwo: even ni carries the gate, ni + 1 the up of the same outputs.
+  int64_t ocol[NI][2];
+  float bg[NI][2];  // gate / plain bias
+  float bu[NI][2];  // up bias (GLU)
+#pragma unroll
+  for (int ni = 0; ni < NI; ++ni) {
+    const int c = wn * 32 + ni * 8 + 2 * t;  // even accumulator column
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      int64_t j = -1;
+      float b0 = 0.0f, b1 = 0.0f;
+      if (M == ColMode::kPlain) {
+        j = n0 + c + q;
+        if (j < a.n_out) {
+          b0 = bias_at<Tag, M>(a, e, 0, j);
+        } else {
+          j = -1;
+        }
+      } else if (M == ColMode::kInterleaved) {
+        j = q == 0 ? (n0 + c) / 2 : -1;  // n0 and c even
+        if (j >= a.n_out) j = -1;
+        if (j >= 0) {
+          b0 = bias_at<Tag, M>(a, e, 0, j);
+          b1 = bias_at<Tag, M>(a, e, 1, j);
+        }
+      } else {
+        if ((ni & 1) == 0) {
+          j = j0 + ((wn * 32 + ni * 8) >> 4) * 8 + 2 * t + q;
+          if (j >= a.n_out) j = -1;
+          if (j >= 0) {
+            b0 = bias_at<Tag, M>(a, e, 0, j);
+            b1 = bias_at<Tag, M>(a, e, 1, j);
+          }
+        }
+      }
+      ocol[ni][q] = j;
+      bg[ni][q] = b0;
+      bu[ni][q] = b1;
+    }
+  }
+
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int rl = row_off + mi * 16 + g + h * 8;
+      if (rl >= mrows) continue;
+      const int64_t row = row0 + rl;
+      const float scale = a.row_scale != nullptr ? a.row_scale[row] : 1.0f;
+      float* yrow = y + row * a.n_out;
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni) {
+        const float v0 = acc[mi][ni][2 * h], v1 = acc[mi][ni][2 * h + 1];
+        if (M == ColMode::kPlain) {
+          const float o0 = act_plain_rt(a.act, v0 + bg[ni][0]) * scale;
+          const float o1 = act_plain_rt(a.act, v1 + bg[ni][1]) * scale;
+          const int64_t j = ocol[ni][0];
+          if (j < 0) continue;
+          if (ocol[ni][1] >= 0 && a.vec_y) {
+            *reinterpret_cast<float2*>(yrow + j) = make_float2(o0, o1);  // j even, n_out even
+          } else {
+            yrow[j] = o0;
+            if (ocol[ni][1] >= 0) yrow[j + 1] = o1;
+          }
+        } else if (M == ColMode::kInterleaved) {
+          const int64_t j = ocol[ni][0];
+          if (j >= 0) yrow[j] = act_glu_rt(a.act, v0 + bg[ni][0], v1 + bu[ni][0], a.alpha, a.limit) * scale;
+        } else if ((ni & 1) == 0) {
+          const float u0 = acc[mi][ni + 1][2 * h], u1 = acc[mi][ni + 1][2 * h + 1];
+          const int64_t j = ocol[ni][0];
+          if (j < 0) continue;
+          const float o0 = act_glu_rt(a.act, v0 + bg[ni][0], u0 + bu[ni][0], a.alpha, a.limit) * scale;
+          const float o1 = act_glu_rt(a.act, v1 + bg[ni][1], u1 + bu[ni][1], a.alpha, a.limit) * scale;
+          if (ocol[ni][1] >= 0 && a.vec_y) {
+            *reinterpret_cast<float2*>(yrow + j) = make_float2(o0, o1);  // j even, n_out even
+          } else {
+            yrow[j] = o0;
+            if (ocol[ni][1] >= 0) yrow[j + 1] = o1;
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // The Hopper path (grouped_gemm_sm90.cu), host side.
 
 // Enqueues the 128-row-tile part of a grouped GEMM ([E, N, K] bf16/f16 weights) on the
@@ -346,5 +453,18 @@ __device__ __forceinline__ void mma16816(TagF16, float (&d)[4], const uint32_t (
 // gemm_tc_kernel. Throws moekit::Error on a launch failure, and instead of returning
 // false when MOEKIT_WGMMA=require (ERR_UNSUPPORTED).
 bool launch_sm90_gemm(const Args& a, DType dtype, ColMode mode, cudaStream_t s);
+
+// ---------------------------------------------------------------------------
+// The skinny path (grouped_gemm_skinny.cu), host side.
+
+// Enqueues the part of a grouped GEMM ([E, N, K] bf16/f16 weights) that falls to experts
+// with kTinyMaxRows + 1 .. kSkinnyMaxRows rows on gemm_skinny_kernel, in place of the
+// 3..8-row GEMV kernel and the tiled kernels' 9..16-row experts. Returns true when it did
+// (the caller then launches the tiled kernels for experts of more than kSkinnyMaxRows
+// rows only, and no 3..8-row GEMV), false, having enqueued nothing, when the path is not
+// enabled (MOEKIT_SKINNY=1 or =require) or the operands do not qualify (16-byte aligned
+// x and weights, K % 8 == 0). Throws moekit::Error on a launch failure, and instead of
+// returning false when MOEKIT_SKINNY=require (ERR_UNSUPPORTED).
+bool launch_skinny_gemm(const Args& a, DType dtype, ColMode mode, cudaStream_t s);
 
 }  // namespace moekit::cuda::gg

@@ -70,7 +70,6 @@ constexpr int kABytes = kBM * kRowBytes;           // 16 KB
 constexpr int kBBytes = kBN * kRowBytes;           // 32 KB
 constexpr int kStageBytes = kABytes + kBBytes;     // 48 KB
 constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + alignment slack
-constexpr int kMinRows = kSmallMaxRows + 1;  // smaller experts take the decode kernels
 
 static_assert(kThreads == 256, "two warpgroups");
 static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90");
@@ -170,14 +169,14 @@ __device__ __forceinline__ void store_pair(float* yrow, int64_t j, float o0, flo
 
 // ---------------------------------------------------------------------------
 // The kernel. Work units as gemm_tc_kernel<..., 128>: row tiles of 128 rows of the experts
-// with more than 8 rows (locate_unit); grid.y = column blocks of 256 accumulator columns.
+// with at least a.tile_min_rows rows (locate_unit); grid.y = column blocks of 256 accumulator columns.
 template <class Tag, ColMode M>
 __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(Args a, const uint16_t* __restrict__ x16) {
 #ifdef MOEKIT_WGMMA_DEVICE
   using Raw = typename Tag::Raw;
   extern __shared__ uint8_t smem_raw[];
 
-  const Unit u = locate_unit<kBM, kMinRows, kMaxInt>(a, static_cast<int>(blockIdx.x));
+  const Unit u = locate_unit<kBM>(a, static_cast<int>(blockIdx.x), a.tile_min_rows, kMaxInt);
   if (u.expert < 0) return;  // uniform across the CTA
   const int64_t e = u.expert;
   const int row0 = u.row_begin + u.index * kBM;
@@ -370,7 +369,7 @@ void launch_typed(const Args& a, const uint16_t* x16, cudaStream_t s) {
   auto* kernel = gemm_wgmma_kernel<Tag, M>;
   MOEKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const int64_t rows = a.rows, experts = a.experts;
-  const int64_t max_large = std::min<int64_t>(experts, rows / kMinRows);
+  const int64_t max_large = std::min<int64_t>(experts, rows / a.tile_min_rows);
   const int64_t gx = (rows + kBM - 1) / kBM + max_large;
   const int64_t cols_per_cta = M == ColMode::kPlain ? kBN : kBN / 2;  // outputs per column block
   const int64_t gy = (a.n_out + cols_per_cta - 1) / cols_per_cta;

@@ -220,10 +220,16 @@ export async function runBench(o: BenchOptions, hooks: BenchHooks = {}, timer: B
   const hostLimit = o.memoryLimit ?? Math.floor(os.freemem() * 0.9);
   const deviceLimit = o.memoryLimit ?? Math.floor(info.memoryBytes * 0.9);
   const notes: string[] = [];
-  // The CUDA grouped GEMM's Hopper path is chosen by the environment (read once by the
-  // native side): record it so a report says which kernel its prefill rows ran.
-  const wgmma = process.env.MOEKIT_WGMMA;
-  if (o.device.kind === 'cuda' && wgmma !== undefined && wgmma !== '') notes.push(`MOEKIT_WGMMA=${wgmma} (wgmma grouped GEMM for 128-row tiles on compute capability 9.0)`);
+  // The CUDA grouped GEMM's opt-in kernels are chosen by the environment (read once by the
+  // native side): record them so a report says which kernels its rows ran.
+  const optIn: [string, string][] = [
+    ['MOEKIT_WGMMA', 'wgmma grouped GEMM for 128-row tiles on compute capability 9.0'],
+    ['MOEKIT_SKINNY', 'tensor-core grouped GEMM for experts with 3..16 rows'],
+  ];
+  for (const [name, what] of optIn) {
+    const v = process.env[name];
+    if (o.device.kind === 'cuda' && v !== undefined && v !== '') notes.push(`${name}=${v} (${what})`);
+  }
 
   let bandwidth: { gbs: number; source: string };
   if (o.bandwidthGBs !== undefined) bandwidth = { gbs: o.bandwidthGBs, source: '--bandwidth-gbs' };

@@ -12,11 +12,11 @@
  * that leave the last 256-column block partly empty, every column mode (plain,
  * interleaved, halves, two matrices), biases and row scales.
  */
-import { Tensor, groupedGemm, runtime } from '../../lib';
-import type { Activation, GroupedGemmOptions } from '../../lib';
+import { runtime } from '../../lib';
 import { testSeed } from '../helpers';
-import { Rng, roundTo } from '../reference';
-import { describeGpu, mismatches } from './gpu';
+import { Rng } from '../reference';
+import { describeGpu } from './gpu';
+import { GEMM_CASES, caseName, compareGroupedGemm } from './gemm-compare';
 
 const seed = testSeed('gpu-wgmma');
 
@@ -29,15 +29,6 @@ function hopperSkipReason(): string | null {
 }
 
 describeGpu('wgmma grouped GEMM matches the CPU backend', () => {
-  const cases: { act: Activation; two?: boolean; bias?: boolean; scale?: boolean }[] = [
-    { act: 'none', bias: true, scale: true },
-    { act: 'swiglu' },
-    { act: 'swiglu', two: true, bias: true },
-    { act: 'swiglu-interleaved', scale: true },
-    { act: 'gpt-oss-swiglu', bias: true },
-    { act: 'geglu', two: true },
-    { act: 'gelu' },
-  ];
   // [experts' row counts, K, N]: rows >= 128 * E in every one.
   const shapes: [number[], number, number][] = [
     [[257, 0, 700, 5], 200, 600], // K tail of 8, three column blocks, an empty and a decode-sized expert
@@ -46,41 +37,12 @@ describeGpu('wgmma grouped GEMM matches the CPU backend', () => {
     [[1100], 4096, 512], // a long K loop (64 steps) through the 4-stage pipeline
   ];
   for (const dtype of ['bf16', 'f16'] as const)
-    for (const c of cases)
-      test(`${dtype} ${c.act}${c.two ? ' (two matrices)' : ''}${c.bias ? ' + bias' : ''}${c.scale ? ' + row scale' : ''}`, async () => {
-        const rng = new Rng(seed ^ (dtype === 'bf16' ? 0x90 : 0x91) ^ (cases.indexOf(c) << 8));
-        for (const [sizes, K, N] of shapes) {
-          const E = sizes.length;
-          const offsets = new Int32Array(E + 1);
-          for (let e = 0; e < E; e++) offsets[e + 1] = offsets[e] + sizes[e];
-          const rows = offsets[E];
-          // x pre-rounded to the weight dtype: the tensor-core path rounds it, the CPU does not.
-          const x = Tensor.from(Float32Array.from(roundTo(Float64Array.from({ length: rows * K }, () => rng.normal()), dtype)), [rows, K]);
-          const mat = () => Tensor.from(Float32Array.from({ length: E * N * K }, () => rng.normal(0, 1 / Math.sqrt(K))), [E, N, K], dtype);
-          const vec = () => Tensor.from(Float32Array.from({ length: E * N }, () => rng.normal(0, 0.5)), [E, N], dtype);
-          const opts: GroupedGemmOptions = { layout: 'enk', activation: c.act };
-          const w = mat();
-          if (c.two) opts.wUp = mat();
-          if (c.bias) {
-            opts.bias = vec();
-            if (c.two) opts.biasUp = vec();
-          }
-          if (c.scale) opts.rowScale = Tensor.from(Float32Array.from({ length: rows }, () => rng.uniform(-2, 2)), [rows]);
-          const offs = Tensor.from(offsets, [E + 1]);
-          const cpu = await groupedGemm(x, offs, w, opts);
-          const onGpu: GroupedGemmOptions = { ...opts };
-          for (const key of ['wUp', 'bias', 'biasUp', 'rowScale'] as const) {
-            const t = opts[key];
-            if (t !== undefined) onGpu[key] = await t.to('cuda');
-          }
-          const gpu = await groupedGemm(await x.to('cuda'), await offs.to('cuda'), await w.to('cuda'), onGpu);
-          const [cy, gy] = [await cpu.toFloat32(), await gpu.toFloat32()];
-          let scale = 0;
-          for (const v of cy) scale = Math.max(scale, Math.abs(v));
-          // Same inputs on both sides; the bound covers f32 accumulation in another order.
-          expect(mismatches(gy, cy, () => 1e-4 * (scale + 1), `${dtype} ${c.act} sizes=${sizes} K=${K} N=${N}`)).toBeNull();
-          for (const t of [x, w, offs, cpu, gpu, ...Object.values(opts).filter((v): v is Tensor => v instanceof Tensor), ...Object.values(onGpu).filter((v): v is Tensor => v instanceof Tensor && v.device.kind === 'cuda')])
-            if (!t.disposed) t.dispose();
-        }
-      });
+    GEMM_CASES.forEach((c, ci) =>
+      test(caseName(dtype, c), async () => {
+        const rng = new Rng(seed ^ (dtype === 'bf16' ? 0x90 : 0x91) ^ (ci << 8));
+        // x pre-rounded to the weight dtype (the tensor-core path rounds it); the bound
+        // covers f32 accumulation in another order.
+        for (const [sizes, K, N] of shapes) expect(await compareGroupedGemm(rng, dtype, c, sizes, K, N, { roundX: true, tol: 1e-4 })).toBeNull();
+      }),
+    );
 }, hopperSkipReason);
