@@ -16,11 +16,13 @@
 #    element behind each output) -> $OUT/wgmma-diag.txt, test/gpu/wgmma.test.ts + the layer tests -> $OUT/wgmma-tests.{json,log},
 #    the layer bench at prefill sizes -> $OUT/bench-wgmma.{txt,json}, and wgmma.test.ts under
 #    memcheck -> $OUT/memcheck-wgmma.log. Run it on its own: MOEKIT_STEPS="wgmma".
-# 6. "skinny" (not in the default set; the 3..16-row tensor-core kernel is opt-in until this
-#    passes): test/gpu/skinny.test.ts with MOEKIT_SKINNY=require -> $OUT/skinny-tests.{json,log},
-#    the op and layer GPU tests with MOEKIT_SKINNY=1 (small sizes) -> $OUT/skinny-suite.{json,log},
-#    the layer + GEMM bench at T = 1, 16, 128 without and with it -> $OUT/bench-skinny-{off,on}.txt,
-#    and skinny.test.ts under memcheck -> $OUT/memcheck-skinny.log. Run it on its own: MOEKIT_STEPS="skinny".
+# 6. "skinny" (not in the default set): the two opt-in small-batch changes, the 3..16-row
+#    tensor-core kernel (MOEKIT_SKINNY) and 3 weight stages in the 64-row tiles
+#    (MOEKIT_TC_STAGES=3): test/gpu/skinny.test.ts with MOEKIT_SKINNY=require (its mixed shapes
+#    also run 64-row tiles) -> $OUT/skinny-tests.{json,log}, the op and layer GPU tests with both
+#    on (small sizes) -> $OUT/skinny-suite.{json,log}, the layer + GEMM bench at T = 1, 16, 128
+#    with both off and on -> $OUT/bench-skinny-{off,on}.txt, and skinny.test.ts under memcheck
+#    -> $OUT/memcheck-skinny.log. Run it on its own: MOEKIT_STEPS="skinny".
 # Each step has its own time limit (MOEKIT_T_TESTS, MOEKIT_T_BENCH, MOEKIT_T_OFFLOAD, MOEKIT_T_NCU,
 # MOEKIT_T_MEMCHECK, MOEKIT_T_WGMMA_*, MOEKIT_T_SKINNY_*);
 # on an H100 (2026-11-22) the layer bench took about 70 s.
@@ -106,8 +108,9 @@ for (const f of r.testResults) for (const a of f.assertionResults) if (a.status=
 " 2>/dev/null | head -c 4000
 fi
 
-# The skinny grouped GEMM (kernels/cuda/grouped_gemm_skinny.cu): experts with 3..16 rows on
-# tensor cores. MOEKIT_SKINNY=require makes every decline an error, so what passes is that kernel.
+# The small-batch grouped GEMM changes: the skinny kernel (kernels/cuda/grouped_gemm_skinny.cu,
+# experts with 3..16 rows on tensor cores; MOEKIT_SKINNY=require makes every decline an error,
+# so what passes is that kernel) and 3 weight stages in gemm_tc_kernel's 64-row tiles.
 jest_counts() { node -e "const r=require('$1');console.log(r.numPassedTests+' passed, '+r.numFailedTests+' failed, '+r.numPendingTests+' skipped')" 2>/dev/null || echo 'no results'; }
 jest_failures() {
   node -e "
@@ -117,22 +120,22 @@ for (const f of r.testResults) { if (f.status!=='passed' && f.assertionResults.l
 " 2>/dev/null | head -c 3000
 }
 if want skinny; then
-  MOEKIT_SKINNY=require timeout -k 5 "${MOEKIT_T_SKINNY_TESTS:-90}" node node_modules/.bin/jest --runInBand --testTimeout=80000 \
+  MOEKIT_SKINNY=require MOEKIT_TC_STAGES=3 timeout -k 5 "${MOEKIT_T_SKINNY_TESTS:-90}" node node_modules/.bin/jest --runInBand --testTimeout=80000 \
     test/gpu/skinny.test.ts --json --outputFile="$OUT/skinny-tests.json" > "$OUT/skinny-tests.log" 2>&1
   summary+=("skinny tests: exit $? ($(jest_counts "$OUT/skinny-tests.json"))")
-  MOEKIT_SKINNY=1 MOEKIT_GPU_QUICK=1 timeout -k 5 "${MOEKIT_T_SKINNY_SUITE:-150}" node node_modules/.bin/jest --runInBand --testTimeout=140000 \
+  MOEKIT_SKINNY=1 MOEKIT_TC_STAGES=3 MOEKIT_GPU_QUICK=1 timeout -k 5 "${MOEKIT_T_SKINNY_SUITE:-150}" node node_modules/.bin/jest --runInBand --testTimeout=140000 \
     test/gpu/ops.test.ts test/gpu/layer.test.ts --json --outputFile="$OUT/skinny-suite.json" > "$OUT/skinny-suite.log" 2>&1
-  summary+=("ops + layer tests with MOEKIT_SKINNY=1: exit $? ($(jest_counts "$OUT/skinny-suite.json"))")
+  summary+=("ops + layer tests with MOEKIT_SKINNY=1 MOEKIT_TC_STAGES=3: exit $? ($(jest_counts "$OUT/skinny-suite.json"))")
   if [ -f dist/cli.js ]; then
     for mode in off on; do
-      env $([ "$mode" = on ] && echo MOEKIT_SKINNY=1 || echo -u MOEKIT_SKINNY) timeout -k 5 "${MOEKIT_T_SKINNY_BENCH:-60}" node dist/cli.js bench --device cuda --dtype bf16 \
+      env $([ "$mode" = on ] && echo MOEKIT_SKINNY=1 MOEKIT_TC_STAGES=3 || echo -u MOEKIT_SKINNY -u MOEKIT_TC_STAGES) timeout -k 5 "${MOEKIT_T_SKINNY_BENCH:-60}" node dist/cli.js bench --device cuda --dtype bf16 \
         --op layer,gemm --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3 --tokens 1,16,128 \
         --json "$OUT/bench-skinny-$mode.json" --anchors bench/anchors-h100.json > "$OUT/bench-skinny-$mode.txt" 2>&1
       summary+=("skinny bench ($mode): exit $? (bench-skinny-$mode.txt)")
     done
   fi
   if command -v compute-sanitizer > /dev/null; then
-    MOEKIT_SKINNY=require timeout -k 5 "${MOEKIT_T_SKINNY_MEMCHECK:-120}" compute-sanitizer --tool memcheck --target-processes all --error-exitcode 99 \
+    MOEKIT_SKINNY=require MOEKIT_TC_STAGES=3 timeout -k 5 "${MOEKIT_T_SKINNY_MEMCHECK:-120}" compute-sanitizer --tool memcheck --target-processes all --error-exitcode 99 \
       node node_modules/.bin/jest --runInBand --testTimeout=110000 test/gpu/skinny.test.ts > "$OUT/memcheck-skinny.log" 2>&1
     summary+=("skinny memcheck: exit $? ($(grep -c 'Invalid\|Error' "$OUT/memcheck-skinny.log") lines naming errors)")
   fi

@@ -6,7 +6,8 @@
 //   gemm_tc_kernel    bf16/f16 weights, experts with > kSmallMaxRows rows: tensor
 //                     cores (mma.sync m16n8k16, f32 accumulate), BM x 128 tiles
 //                     (BM = 64 or 128), BK = 32, 8 warps, ldmatrix from padded
-//                     shared memory, weights double-buffered with cp.async.
+//                     shared memory, weights double-buffered with cp.async (3 stages
+//                     for BM = 64 with MOEKIT_TC_STAGES=3, opt-in until run on a GPU).
 //                     x is converted f32 -> bf16/f16 while it is staged into
 //                     shared memory, i.e. ACTIVATIONS ARE ROUNDED TO THE WEIGHT'S
 //                     16-BIT TYPE on this path (the CPU backend keeps x in f32),
@@ -71,6 +72,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -121,14 +124,18 @@ struct TcCfg {
   static_assert(A_VEC * 4 * kThreads == BM * BK, "x tile must split evenly");
 };
 
-template <class Tag, WeightLayout L, ColMode M, int kBM>
+// kBStages: shared-memory stages of the weight tile (2, or 3 with MOEKIT_TC_STAGES=3 for
+// kBM = 64, opt-in until run on a GPU): tile kt + kBStages - 1 is requested with cp.async
+// while tile kt is multiplied. x always has two stages, staged through registers.
+template <class Tag, WeightLayout L, ColMode M, int kBM, int kBStages = 2>
 __global__ void __launch_bounds__(kThreads, kBM == 128 ? 1 : 2) gemm_tc_kernel(Args a) {
+  static_assert(kBStages == 2 || kBStages == 3, "2 or 3 weight stages");
   using C = TcCfg<kBM>;
   constexpr int BM = C::BM, BN = C::BN, BK = C::BK, MI = C::MI, NI = C::NI;
   constexpr int AS = C::AS, BSK = C::BSK, BSN = C::BSN;
   constexpr int kBsElems = L == WeightLayout::kENK ? BN * BSK : BK * BSN;
   __shared__ __align__(16) uint16_t As[2][BM * AS];   // [stage][BM][AS]
-  __shared__ __align__(16) uint16_t Bs[2][kBsElems];  // [stage][BN][BSK] or [stage][BK][BSN]
+  __shared__ __align__(16) uint16_t Bs[kBStages][kBsElems];  // [stage][BN][BSK] or [stage][BK][BSN]
 
   const Unit u = locate_unit<kBM>(a, static_cast<int>(blockIdx.x), a.tile_min_rows, kMaxInt);
   if (u.expert < 0) return;  // uniform across the CTA
@@ -251,33 +258,40 @@ __global__ void __launch_bounds__(kThreads, kBM == 128 ? 1 : 2) gemm_tc_kernel(A
 
   const int nk = static_cast<int>((K + BK - 1) / BK);
 
-  // Prologue: stage 0.
+  // Prologue: weight tiles 0 .. kBStages - 2 requested (one cp.async group each, empty
+  // past the last tile), x tile 0 staged; then wait for weight tile 0.
   if (a.vec_w) {
-    load_w_async(0, 0);
-    cp_async_commit();
+#pragma unroll
+    for (int st = 0; st < kBStages - 1; ++st) {
+      if (st < nk) load_w_async(st, static_cast<int64_t>(st) * BK);
+      cp_async_commit();
+    }
   } else {
     load_w_scalar(0, 0);
   }
   load_x(0);
   store_x(0);
-  if (a.vec_w) cp_async_wait_all();
+  if (a.vec_w) cp_async_wait<kBStages - 2>();
   __syncthreads();
 
-  // NOTE: two stages: tile kt+1's weights stream in with cp.async and its x sits
-  // in registers while tile kt is multiplied; 41 KB of static shared memory for
-  // kBM = 128 fits static shared memory; at 160-193 registers per thread it runs one CTA
-  // (8 warps) per SM (ptxas -v, sm_90).
+  // NOTE: tile kt + kBStages - 1's weights stream in with cp.async and tile kt + 1's x
+  // sits in registers while tile kt is multiplied. kBM = 128 with 2 stages is 41 KB of
+  // static shared memory and, at 160-193 registers per thread, one CTA (8 warps) per SM;
+  // kBM = 64 with 3 stages is 40 KB and 105-108 registers, two CTAs per SM (ptxas -v, sm_90).
+  // cp.async groups: one per weight tile, committed in tile order (the prologue's
+  // kBStages - 1, then one per iteration, empty past the last tile), so waiting until at
+  // most kBStages - 2 groups are pending at the end of iteration kt completes tile kt + 1.
   for (int kt = 0; kt < nk; ++kt) {
-    const int cur = kt & 1;
+    const int cur = kt & 1;          // x stage
+    const int bcur = kt % kBStages;  // weight stage
     const bool has_next = kt + 1 < nk;
-    if (has_next) {
-      const int64_t k0 = static_cast<int64_t>(kt + 1) * BK;
-      if (a.vec_w) {
-        load_w_async(cur ^ 1, k0);  // stage cur^1 was released by the barrier ending kt-1
-        cp_async_commit();
-      }
-      load_x(k0);
+    if (a.vec_w) {
+      // Its stage last held tile kt - 1, released by the barrier ending iteration kt - 1.
+      const int kf = kt + kBStages - 1;
+      if (kf < nk) load_w_async(kf % kBStages, static_cast<int64_t>(kf) * BK);
+      cp_async_commit();
     }
+    if (has_next) load_x(static_cast<int64_t>(kt + 1) * BK);
 
 #pragma unroll
     for (int ks = 0; ks < BK / 16; ++ks) {
@@ -296,13 +310,13 @@ __global__ void __launch_bounds__(kThreads, kBM == 128 ? 1 : 2) gemm_tc_kernel(A
           // matrices: (cols nj*8.., k 0-7), (cols nj*8.., k 8-15), (cols +8, k 0-7), (cols +8, k 8-15)
           const int c = wn * 32 + nj * 8 + (lane & 7) + ((lane >> 4) << 3);
           const int kk = ks * 16 + ((lane >> 3) & 1) * 8;
-          ldmatrix_x4(r4, &Bs[cur][c * BSK + kk]);
+          ldmatrix_x4(r4, &Bs[bcur][c * BSK + kk]);
         } else {
           // matrices (k rows x 8 cols, transposed on load): (k 0-7, cols nj*8..),
           // (k 8-15, cols nj*8..), (k 0-7, cols +8), (k 8-15, cols +8)
           const int kr = ks * 16 + (lane & 15);
           const int c = wn * 32 + nj * 8 + (lane >> 4) * 8;
-          ldmatrix_x4_trans(r4, &Bs[cur][kr * BSN + c]);
+          ldmatrix_x4_trans(r4, &Bs[bcur][kr * BSN + c]);
         }
         bf[nj][0] = r4[0];
         bf[nj][1] = r4[1];
@@ -316,11 +330,13 @@ __global__ void __launch_bounds__(kThreads, kBM == 128 ? 1 : 2) gemm_tc_kernel(A
     }
 
     if (has_next) {
-      if (!a.vec_w) load_w_scalar(cur ^ 1, static_cast<int64_t>(kt + 1) * BK);
+      // The synchronous fallback fills tile kt + 1's stage itself (last read at tile
+      // kt + 1 - kBStages <= kt - 1, released).
+      if (!a.vec_w) load_w_scalar((kt + 1) % kBStages, static_cast<int64_t>(kt + 1) * BK);
       store_x(cur ^ 1);
-      if (a.vec_w) cp_async_wait_all();
     }
-    __syncthreads();  // stage cur^1 complete and visible; stage cur free for reuse
+    if (a.vec_w) cp_async_wait<kBStages - 2>();  // weight tile kt + 1 landed (this thread's copies)
+    __syncthreads();  // tile kt + 1 visible to all; the stages of tile kt free for reuse
   }
 
   // ---- epilogue: bias, activation, row scale, store (straight from registers).
@@ -809,6 +825,16 @@ void launch_generic(const Args& a, cudaStream_t stream, bool small_gemv = true) 
   }
 }
 
+// MOEKIT_TC_STAGES=3: the 64-row tensor-core tiles keep 3 weight stages in flight instead
+// of 2 (opt-in until run on a GPU); read once per process.
+int tc_weight_stages() {
+  static const int stages = [] {
+    const char* v = std::getenv("MOEKIT_TC_STAGES");
+    return v != nullptr && std::strcmp(v, "3") == 0 ? 3 : 2;
+  }();
+  return stages;
+}
+
 // Everything for one (dtype, layout, column mode): the decode kernel, then the
 // tiled kernel (SIMT for f32 above, tensor cores for bf16/f16 here).
 template <class Tag, WeightLayout L, ColMode M>
@@ -843,8 +869,12 @@ void launch(const Args& args, cudaStream_t stream) {
           <<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), kThreads, 0, stream>>>(a);
     } else {
       const int64_t gx = ceil_div(rows, 64) + max_large;
-      gemm_tc_kernel<Tag, L, M, 64>
-          <<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), kThreads, 0, stream>>>(a);
+      const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
+      if (tc_weight_stages() == 3) {
+        gemm_tc_kernel<Tag, L, M, 64, 3><<<grid, kThreads, 0, stream>>>(a);
+      } else {
+        gemm_tc_kernel<Tag, L, M, 64><<<grid, kThreads, 0, stream>>>(a);
+      }
     }
     MOEKIT_CUDA_CHECK(cudaGetLastError());
   }

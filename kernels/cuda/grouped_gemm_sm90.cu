@@ -94,10 +94,6 @@ template <int N>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 
 // Keeps the compiler from moving accumulator reads or writes across wgmma issue / wait.
 __device__ __forceinline__ void fence_acc(float (&d)[128]) {

@@ -225,6 +225,7 @@ export async function runBench(o: BenchOptions, hooks: BenchHooks = {}, timer: B
   const optIn: [string, string][] = [
     ['MOEKIT_WGMMA', 'wgmma grouped GEMM for 128-row tiles on compute capability 9.0'],
     ['MOEKIT_SKINNY', 'tensor-core grouped GEMM for experts with 3..16 rows'],
+    ['MOEKIT_TC_STAGES', 'weight stages of the 64-row tensor-core tiles'],
   ];
   for (const [name, what] of optIn) {
     const v = process.env[name];
