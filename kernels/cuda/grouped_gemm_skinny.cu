@@ -25,10 +25,11 @@
 // 16-byte vector, b1 = word q*2 + 1 (low half = lower k, little-endian).
 //
 // x stays f32 in memory and is split on the fly into hi = round16(x) and
-// lo = round16(x - hi) of the weight's 16-bit type; both are multiplied (two MMAs), so
-// the product keeps about 16 (bf16) or 22 (f16) significant bits of x: results match the
-// f32-x GEMV kernels' to f32 rounding, not the 8 bits of the tiled kernels' rounded x.
-// |x| > 65504 overflows with f16 weights, as on the tiled path.
+// lo = round16(x - hi) of the weight's 16-bit type (with f16, lo is scaled by 2^11 and
+// accumulated apart; see split2); both are multiplied (two MMAs), so the product keeps
+// about 16 (bf16) or 22 (f16) significant bits of x: results match the f32-x GEMV
+// kernels' to f32 rounding, not the 8 bits of the tiled kernels' rounded x.
+// |x| > 65504 overflows to +-inf with f16 weights, as on the tiled path.
 //
 // CTA: 256 threads = 4 column warps (wn: accumulator columns wn*32 .. +31, 4 n8 tiles,
 // the column numbering of gemm_tc_kernel's 128-column tile, so tile_col_source and
@@ -59,7 +60,24 @@ constexpr int kStepK = 32;
 static_assert(kColWarps * kSlices * 32 == kThreads, "4 column warps x 2 k-slices");
 static_assert(kRows == 16, "one m16 tile of rows");
 
-// x0, x1 -> packed 16-bit pairs hi = round(x), lo = round(x - hi) (x0 in the low half).
+// f16: the remainder x - hi, or 0 where hi is not finite (|x| past f16's range, or
+// +-inf): then the hi product alone gives +-inf, as on the tiled path, instead of the
+// NaN of inf - inf. (bf16 has f32's range, so only x = +-inf gives an infinite hi; its
+// remainder is then NaN and so is the output, where the tiled path gives +-inf. Not
+// guarded: the check costs registers the bf16 kernel does not have to spare.)
+__device__ __forceinline__ float remainder_of(float x, float hi) { return isfinite(hi) ? x - hi : 0.0f; }
+
+// x0, x1 -> packed 16-bit pairs hi = round(x), lo = round((x - hi) * kLoScale) (x0 in the
+// low half). bf16: kLoScale = 1 (bf16 has f32's exponent range, so lo keeps 8 bits of
+// the remainder at any |x|). f16: kLoScale = 2^11, which lifts the remainder (at most
+// 2^-11 |x|) back to |x|'s magnitude, so it stays a normal f16 with 11 bits down to
+// |x| ~ 2^-13 instead of sinking into f16's subnormals below |x| ~ 0.1; the lo products
+// then go to accumulators of their own, scaled back by 2^-11 (exact) at the end.
+template <class Tag>
+constexpr float kLoScale = 1.0f;
+template <>
+constexpr float kLoScale<TagF16> = 2048.0f;
+
 __device__ __forceinline__ void split2(TagBf16, float x0, float x1, uint32_t& hi, uint32_t& lo) {
   hi = TagBf16::pack2(x0, x1);
   lo = TagBf16::pack2(x0 - __uint_as_float(hi << 16), x1 - __uint_as_float(hi & 0xffff0000u));
@@ -68,7 +86,7 @@ __device__ __forceinline__ void split2(TagF16, float x0, float x1, uint32_t& hi,
   hi = TagF16::pack2(x0, x1);
   const float h0 = __half2float(__ushort_as_half(static_cast<unsigned short>(hi & 0xffffu)));
   const float h1 = __half2float(__ushort_as_half(static_cast<unsigned short>(hi >> 16)));
-  lo = TagF16::pack2(x0 - h0, x1 - h1);
+  lo = TagF16::pack2(remainder_of(x0, h0) * kLoScale<TagF16>, remainder_of(x1, h1) * kLoScale<TagF16>);
 }
 
 // One k-step's operands of a lane: 4 weight vectors (n8 tiles) and x rows g, g + 8
@@ -78,6 +96,9 @@ struct Stage {
   float4 x[2][2];  // [row g / g + 8][k 8t..8t+3 / 8t+4..8t+7]
 };
 
+// NOTE: two CTAs per SM caps registers at 128. ptxas (sm_90) fits the bf16 kernels with no
+// spill; the f16 ones, with 16 more accumulators for the scaled lo products, spill 0-8
+// bytes (sm_80: up to 40). Left so until measured against one CTA per SM.
 template <class Tag, ColMode M>
 __global__ void __launch_bounds__(kThreads, 2) gemm_skinny_kernel(Args a) {
   using Raw = typename Tag::Raw;
@@ -126,11 +147,19 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_skinny_kernel(Args a) {
     }
   };
 
-  float acc[1][4][4];  // [mi][ni] mma accumulators (store_mma_tile's layout)
+  // [mi][ni] mma accumulators (store_mma_tile's layout); with f16 the lo products (scaled
+  // by kLoScale) go to acc_lo, added back at the end.
+  constexpr bool kSepLo = kLoScale<Tag> != 1.0f;
+  float acc[1][4][4];
+  float acc_lo[kSepLo ? 4 : 1][4];
 #pragma unroll
   for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
     for (int q = 0; q < 4; ++q) acc[0][ni][q] = 0.0f;
+#pragma unroll
+  for (int ni = 0; ni < (kSepLo ? 4 : 1); ++ni)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) acc_lo[ni][q] = 0.0f;
 
   auto compute = [&](const Stage& st) {
 #pragma unroll
@@ -145,7 +174,11 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_skinny_kernel(Args a) {
         const uint32_t b0 = q == 0 ? st.w[ni].x : st.w[ni].z;
         const uint32_t b1 = q == 0 ? st.w[ni].y : st.w[ni].w;
         mma16816(Tag{}, acc[0][ni], ahi, b0, b1);
-        mma16816(Tag{}, acc[0][ni], alo, b0, b1);
+        if constexpr (kSepLo) {
+          mma16816(Tag{}, acc_lo[ni], alo, b0, b1);
+        } else {
+          mma16816(Tag{}, acc[0][ni], alo, b0, b1);
+        }
       }
     }
   };
@@ -162,6 +195,13 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_skinny_kernel(Args a) {
       compute(s1);
       load(s1, i + 3);
     }
+  }
+
+  if constexpr (kSepLo) {
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[0][ni][q] += acc_lo[ni][q] * (1.0f / kLoScale<Tag>);
   }
 
   // k-slice 1 hands its partial sums to k-slice 0, which runs the epilogue.
@@ -225,7 +265,9 @@ bool launch_skinny_gemm(const Args& a, DType dtype, ColMode mode, cudaStream_t s
     if (env_mode() == 2) fail(code::kUnsupported, "grouped_gemm (cuda): MOEKIT_SKINNY=require but the skinny kernel cannot run: ", why);
     return false;
   };
-  if (dtype != DType::kBF16 && dtype != DType::kF16) return decline("the weights are not bf16 or f16");
+  // NOTE: launch<> calls this only for bf16/f16 [E, N, K] weights: f32 and [E, K, N] calls
+  // never take the skinny kernel, and `require` does not make them errors.
+  if (dtype != DType::kBF16 && dtype != DType::kF16) return false;
   // vec_w ([E, N, K]): 16-byte aligned weights and K % 8 == 0; vec_x: 16-byte aligned x.
   if (!a.vec_w || !a.vec_x || a.k % 8 != 0) return decline("K is not a multiple of 8 or x / the weights are not 16-byte aligned");
   if (dtype == DType::kBF16) {

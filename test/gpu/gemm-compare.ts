@@ -33,8 +33,9 @@ export function caseName(dtype: string, c: GemmCase): string {
 /**
  * Runs experts with `sizes` rows, [E, N, K] weights, on both backends and returns
  * mismatches(...) of the outputs (null when all agree). With roundX, x is pre-rounded
- * to the weight dtype (the tiled tensor-core paths round it; the CPU does not); `tol`
- * scales the bound relative to the largest output magnitude.
+ * to the weight dtype (the tiled tensor-core paths round it; the CPU does not); x is
+ * drawn from N(0, xScale²) (default 1). The bound is tol * (max |output| + tolFloor)
+ * (tolFloor default 1; 0 makes it purely relative, for small outputs).
  */
 export async function compareGroupedGemm(
   rng: Rng,
@@ -43,13 +44,13 @@ export async function compareGroupedGemm(
   sizes: readonly number[],
   K: number,
   N: number,
-  o: { roundX: boolean; tol: number },
+  o: { roundX: boolean; tol: number; xScale?: number; tolFloor?: number },
 ): Promise<string | null> {
   const E = sizes.length;
   const offsets = new Int32Array(E + 1);
   for (let e = 0; e < E; e++) offsets[e + 1] = offsets[e] + sizes[e];
   const rows = offsets[E];
-  const xs = Float64Array.from({ length: rows * K }, () => rng.normal());
+  const xs = Float64Array.from({ length: rows * K }, () => rng.normal(0, o.xScale ?? 1));
   const x = Tensor.from(Float32Array.from(o.roundX ? roundTo(xs, dtype) : xs), [rows, K]);
   const mat = () => Tensor.from(Float32Array.from({ length: E * N * K }, () => rng.normal(0, 1 / Math.sqrt(K))), [E, N, K], dtype);
   const vec = () => Tensor.from(Float32Array.from({ length: E * N }, () => rng.normal(0, 0.5)), [E, N], dtype);
@@ -78,7 +79,8 @@ export async function compareGroupedGemm(
     const [cy, gy] = [await cpu.toFloat32(), await gpu.toFloat32()];
     let scale = 0;
     for (const v of cy) scale = Math.max(scale, Math.abs(v));
-    return mismatches(gy, cy, () => o.tol * (scale + 1), `${caseName(dtype, c)} sizes=${sizes} K=${K} N=${N}`);
+    const bound = o.tol * (scale + (o.tolFloor ?? 1));
+    return mismatches(gy, cy, () => bound, `${caseName(dtype, c)} sizes=${sizes} K=${K} N=${N}${o.xScale !== undefined ? ` xScale=${o.xScale}` : ''}`);
   } finally {
     for (const t of owned) if (!t.disposed) t.dispose();
   }
