@@ -21,7 +21,8 @@
 #    (MOEKIT_TC_STAGES=3): test/gpu/skinny.test.ts with MOEKIT_SKINNY=require (its mixed shapes
 #    also run 64-row tiles) -> $OUT/skinny-tests.{json,log}, the op and layer GPU tests with both
 #    on (small sizes) -> $OUT/skinny-suite.{json,log}, the layer + GEMM bench at T = 1, 16, 128
-#    with both off and on -> $OUT/bench-skinny-{off,on}.txt, and skinny.test.ts under memcheck
+#    with both off and on, and T = 128, 1024 with MOEKIT_TC_STAGES=3 alone -> $OUT/bench-skinny-{off,on,tc3}.txt,
+#    and skinny.test.ts under memcheck
 #    -> $OUT/memcheck-skinny.log. Run it on its own: MOEKIT_STEPS="skinny".
 # Each step has its own time limit (MOEKIT_T_TESTS, MOEKIT_T_BENCH, MOEKIT_T_OFFLOAD, MOEKIT_T_NCU,
 # MOEKIT_T_MEMCHECK, MOEKIT_T_WGMMA_*, MOEKIT_T_SKINNY_*);
@@ -123,25 +124,31 @@ if want skinny; then
   MOEKIT_SKINNY=require MOEKIT_TC_STAGES=3 timeout -k 5 "${MOEKIT_T_SKINNY_TESTS:-90}" node node_modules/.bin/jest --runInBand --testTimeout=80000 \
     test/gpu/skinny.test.ts --json --outputFile="$OUT/skinny-tests.json" > "$OUT/skinny-tests.log" 2>&1
   summary+=("skinny tests: exit $? ($(jest_counts "$OUT/skinny-tests.json"))")
-  MOEKIT_SKINNY=1 MOEKIT_TC_STAGES=3 MOEKIT_GPU_QUICK=1 timeout -k 5 "${MOEKIT_T_SKINNY_SUITE:-150}" node node_modules/.bin/jest --runInBand --testTimeout=140000 \
+  MOEKIT_SKINNY=1 MOEKIT_TC_STAGES=3 MOEKIT_GPU_QUICK=1 timeout -k 5 "${MOEKIT_T_SKINNY_SUITE:-140}" node node_modules/.bin/jest --runInBand --testTimeout=140000 \
     test/gpu/ops.test.ts test/gpu/layer.test.ts --json --outputFile="$OUT/skinny-suite.json" > "$OUT/skinny-suite.log" 2>&1
   summary+=("ops + layer tests with MOEKIT_SKINNY=1 MOEKIT_TC_STAGES=3: exit $? ($(jest_counts "$OUT/skinny-suite.json"))")
   if [ -f dist/cli.js ]; then
-    for mode in off on; do
-      env $([ "$mode" = on ] && echo MOEKIT_SKINNY=1 MOEKIT_TC_STAGES=3 || echo -u MOEKIT_SKINNY -u MOEKIT_TC_STAGES) timeout -k 5 "${MOEKIT_T_SKINNY_BENCH:-60}" node dist/cli.js bench --device cuda --dtype bf16 \
-        --op layer,gemm --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3 --tokens 1,16,128 \
+    # off: neither; on: both; tc3: the third weight stage alone, where the 64-row tiles run.
+    for mode in off on tc3; do
+      case "$mode" in
+        off) envs=(-u MOEKIT_SKINNY -u MOEKIT_TC_STAGES); tokens=1,16,128 ;;
+        on) envs=(MOEKIT_SKINNY=1 MOEKIT_TC_STAGES=3); tokens=1,16,128 ;;
+        tc3) envs=(-u MOEKIT_SKINNY MOEKIT_TC_STAGES=3); tokens=128,1024 ;;
+      esac
+      env "${envs[@]}" timeout -k 5 "${MOEKIT_T_SKINNY_BENCH:-60}" node dist/cli.js bench --device cuda --dtype bf16 \
+        --op layer,gemm --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3 --tokens "$tokens" \
         --json "$OUT/bench-skinny-$mode.json" --anchors bench/anchors-h100.json > "$OUT/bench-skinny-$mode.txt" 2>&1
       summary+=("skinny bench ($mode): exit $? (bench-skinny-$mode.txt)")
     done
   fi
   if command -v compute-sanitizer > /dev/null; then
-    MOEKIT_SKINNY=require MOEKIT_TC_STAGES=3 timeout -k 5 "${MOEKIT_T_SKINNY_MEMCHECK:-120}" compute-sanitizer --tool memcheck --target-processes all --error-exitcode 99 \
+    MOEKIT_SKINNY=require MOEKIT_TC_STAGES=3 timeout -k 5 "${MOEKIT_T_SKINNY_MEMCHECK:-110}" compute-sanitizer --tool memcheck --target-processes all --error-exitcode 99 \
       node node_modules/.bin/jest --runInBand --testTimeout=110000 test/gpu/skinny.test.ts > "$OUT/memcheck-skinny.log" 2>&1
     summary+=("skinny memcheck: exit $? ($(grep -c 'Invalid\|Error' "$OUT/memcheck-skinny.log") lines naming errors)")
   fi
   jest_failures "$OUT/skinny-tests.json"
   jest_failures "$OUT/skinny-suite.json"
-  tail -n 30 "$OUT/bench-skinny-off.txt" "$OUT/bench-skinny-on.txt" 2>/dev/null
+  tail -n 30 "$OUT/bench-skinny-off.txt" "$OUT/bench-skinny-on.txt" "$OUT/bench-skinny-tc3.txt" 2>/dev/null
 fi
 
 tail -n 40 "$OUT/bench.txt" 2>/dev/null

@@ -96,8 +96,9 @@ using namespace gg;  // kernels/cuda/grouped_gemm_device.cuh
 // Shared memory (uint16 elements, rows padded by 8 elements = 16 bytes so that the
 // 8 row addresses of every ldmatrix phase fall in distinct 16-byte bank groups):
 //   As[2][kBM][40]                 x tile, row-major (k contiguous), 16-bit
-//   Bs[2][128][40]   ([E,N,K])     weight tile, one row per accumulator column
-//   Bs[2][32][136]   ([E,K,N])     weight tile, one row per k (read with ldmatrix.trans)
+//   Bs[S][128][40]   ([E,N,K])     weight tile, one row per accumulator column
+//   Bs[S][32][136]   ([E,K,N])     weight tile, one row per k (read with ldmatrix.trans)
+// (S = kBStages weight stages, 2 or 3.)
 //
 // Fragment layouts (PTX ISA 9.7.14.5.8 "Matrix Fragments for mma.m16n8k16 with
 // floating point type"; g = lane >> 2, t = lane & 3):
@@ -130,6 +131,7 @@ struct TcCfg {
 template <class Tag, WeightLayout L, ColMode M, int kBM, int kBStages = 2>
 __global__ void __launch_bounds__(kThreads, kBM == 128 ? 1 : 2) gemm_tc_kernel(Args a) {
   static_assert(kBStages == 2 || kBStages == 3, "2 or 3 weight stages");
+  static_assert(kBStages == 2 || kBM == 64, "3 weight stages fit static shared memory with 64-row tiles only");
   using C = TcCfg<kBM>;
   constexpr int BM = C::BM, BN = C::BN, BK = C::BK, MI = C::MI, NI = C::NI;
   constexpr int AS = C::AS, BSK = C::BSK, BSN = C::BSN;
@@ -275,9 +277,10 @@ __global__ void __launch_bounds__(kThreads, kBM == 128 ? 1 : 2) gemm_tc_kernel(A
   __syncthreads();
 
   // NOTE: tile kt + kBStages - 1's weights stream in with cp.async and tile kt + 1's x
-  // sits in registers while tile kt is multiplied. kBM = 128 with 2 stages is 41 KB of
-  // static shared memory and, at 160-193 registers per thread, one CTA (8 warps) per SM;
-  // kBM = 64 with 3 stages is 40 KB and 105-108 registers, two CTAs per SM (ptxas -v, sm_90).
+  // sits in registers while tile kt is multiplied. kBM = 128 with 2 stages is 40,976 bytes
+  // of static shared memory and, at 160-193 registers per thread, one CTA (8 warps) per SM;
+  // kBM = 64 with 3 stages is the same 40,976 bytes ([E,N,K]; 36,368 for [E,K,N]) and
+  // 104-128 registers (kHalves at the 128 cap, no spills), two CTAs per SM (ptxas -v, sm_90).
   // cp.async groups: one per weight tile, committed in tile order (the prologue's
   // kBStages - 1, then one per iteration, empty past the last tile), so waiting until at
   // most kBStages - 2 groups are pending at the end of iteration kt completes tile kt + 1.
