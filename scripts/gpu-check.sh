@@ -16,14 +16,15 @@
 #    element behind each output) -> $OUT/wgmma-diag.txt, test/gpu/wgmma.test.ts + the layer tests -> $OUT/wgmma-tests.{json,log},
 #    the layer bench at prefill sizes -> $OUT/bench-wgmma.{txt,json}, and wgmma.test.ts under
 #    memcheck -> $OUT/memcheck-wgmma.log. Run it on its own: MOEKIT_STEPS="wgmma".
-# 6. "skinny" (not in the default set): the two opt-in small-batch changes, the 3..16-row
-#    tensor-core kernel (MOEKIT_SKINNY) and 3 weight stages in the 64-row tiles
-#    (MOEKIT_TC_STAGES=3): test/gpu/skinny.test.ts with MOEKIT_SKINNY=require (its mixed shapes
-#    also run 64-row tiles) -> $OUT/skinny-tests.{json,log}, the op and layer GPU tests with both
+# 6. "optin" (not in the default set): the three opt-in changes of 2026-11-23, the 3..16-row
+#    tensor-core kernel (MOEKIT_SKINNY), 3 weight stages in the 64-row tiles
+#    (MOEKIT_TC_STAGES=3) and shared experts on a side stream (MOEKIT_CONCURRENT_SHARED=1):
+#    test/gpu/skinny.test.ts with MOEKIT_SKINNY=require (its mixed shapes also run 64-row
+#    tiles) -> $OUT/skinny-tests.{json,log}, the op, layer and graph GPU tests with all three
 #    on (small sizes) -> $OUT/skinny-suite.{json,log}, the layer + GEMM bench at T = 1, 16, 128
 #    with both off and on, and T = 128, 1024 with MOEKIT_TC_STAGES=3 alone -> $OUT/bench-skinny-{off,on,tc3}.txt,
 #    and skinny.test.ts under memcheck
-#    -> $OUT/memcheck-skinny.log. Run it on its own: MOEKIT_STEPS="skinny".
+#    -> $OUT/memcheck-skinny.log. Run it on its own: MOEKIT_STEPS="optin".
 # Each step has its own time limit (MOEKIT_T_TESTS, MOEKIT_T_BENCH, MOEKIT_T_OFFLOAD, MOEKIT_T_NCU,
 # MOEKIT_T_MEMCHECK, MOEKIT_T_WGMMA_*, MOEKIT_T_SKINNY_*);
 # on an H100 (2026-11-22) the layer bench took about 70 s.
@@ -120,20 +121,21 @@ for (const f of r.testResults) { if (f.status!=='passed' && f.assertionResults.l
   for (const a of f.assertionResults) if (a.status==='failed') console.log('FAIL', a.fullName, '::', a.failureMessages.join(' ').replace(/\\s+/g,' ').slice(0,400)); }
 " 2>/dev/null | head -c 3000
 }
-if want skinny; then
+if want optin; then
   MOEKIT_SKINNY=require MOEKIT_TC_STAGES=3 timeout -k 5 "${MOEKIT_T_SKINNY_TESTS:-90}" node node_modules/.bin/jest --runInBand --testTimeout=80000 \
     test/gpu/skinny.test.ts --json --outputFile="$OUT/skinny-tests.json" > "$OUT/skinny-tests.log" 2>&1
   summary+=("skinny tests: exit $? ($(jest_counts "$OUT/skinny-tests.json"))")
-  MOEKIT_SKINNY=1 MOEKIT_TC_STAGES=3 MOEKIT_GPU_QUICK=1 timeout -k 5 "${MOEKIT_T_SKINNY_SUITE:-140}" node node_modules/.bin/jest --runInBand --testTimeout=140000 \
-    test/gpu/ops.test.ts test/gpu/layer.test.ts --json --outputFile="$OUT/skinny-suite.json" > "$OUT/skinny-suite.log" 2>&1
-  summary+=("ops + layer tests with MOEKIT_SKINNY=1 MOEKIT_TC_STAGES=3: exit $? ($(jest_counts "$OUT/skinny-suite.json"))")
+  MOEKIT_SKINNY=1 MOEKIT_TC_STAGES=3 MOEKIT_CONCURRENT_SHARED=1 MOEKIT_GPU_QUICK=1 timeout -k 5 "${MOEKIT_T_SKINNY_SUITE:-140}" node node_modules/.bin/jest --runInBand --testTimeout=140000 \
+    test/gpu/ops.test.ts test/gpu/layer.test.ts test/gpu/profile.test.ts --json --outputFile="$OUT/skinny-suite.json" > "$OUT/skinny-suite.log" 2>&1
+  summary+=("ops + layer + profile tests with all three opt-ins: exit $? ($(jest_counts "$OUT/skinny-suite.json"))")
   if [ -f dist/cli.js ]; then
-    # off: neither; on: both; tc3: the third weight stage alone, where the 64-row tiles run.
+    # off: none; on: all three (deepseek-v3 T = 1 isolates the side stream: one row per expert,
+    # no 3..16-row experts); tc3: the third weight stage alone, where the 64-row tiles run.
     for mode in off on tc3; do
       case "$mode" in
-        off) envs=(-u MOEKIT_SKINNY -u MOEKIT_TC_STAGES); tokens=1,16,128 ;;
-        on) envs=(MOEKIT_SKINNY=1 MOEKIT_TC_STAGES=3); tokens=1,16,128 ;;
-        tc3) envs=(-u MOEKIT_SKINNY MOEKIT_TC_STAGES=3); tokens=128,1024 ;;
+        off) envs=(-u MOEKIT_SKINNY -u MOEKIT_TC_STAGES -u MOEKIT_CONCURRENT_SHARED); tokens=1,16,128 ;;
+        on) envs=(MOEKIT_SKINNY=1 MOEKIT_TC_STAGES=3 MOEKIT_CONCURRENT_SHARED=1); tokens=1,16,128 ;;
+        tc3) envs=(-u MOEKIT_SKINNY -u MOEKIT_CONCURRENT_SHARED MOEKIT_TC_STAGES=3); tokens=128,1024 ;;
       esac
       env "${envs[@]}" timeout -k 5 "${MOEKIT_T_SKINNY_BENCH:-60}" node dist/cli.js bench --device cuda --dtype bf16 \
         --op layer,gemm --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3 --tokens "$tokens" \

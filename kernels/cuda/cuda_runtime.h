@@ -55,6 +55,20 @@ double run_copy_on_device(int32_t device, const std::function<void()>& fn);
 // Inside run_on_device: the device's stream (a cudaStream_t, opaque here).
 void* current_stream();
 
+// Inside run_on_device (not on the copy worker): a second stream of the device's worker
+// and two events (cudaStream_t / cudaEvent_t, opaque here), for work of one job that may
+// run beside the main stream's: record `fork` on the main stream and make `stream` wait on
+// it, enqueue, then record `join` on `stream` and make the main stream wait on it before
+// the job's last use of the results or the end of the job (also on errors: the worker
+// synchronises only the main stream). Joined this way, the branch is part of a CUDA-graph
+// capture of the main stream. Jobs on a device are serialised, so one set serves them all.
+struct SideStream {
+  void* stream;
+  void* fork;
+  void* join;
+};
+SideStream side_stream();
+
 // Stream-ordered allocation from the device's memory pool. ERR_CUDA_OOM when full.
 void* device_alloc(int32_t device, int64_t bytes);
 void device_free(int32_t device, void* ptr);

@@ -3,6 +3,9 @@
 // pool (cudaMallocAsync) and nothing waits on the host.
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <cstring>
+#include <optional>
 #include <vector>
 
 #include "kernels/common/dispatch_params.h"
@@ -10,6 +13,7 @@
 #include "kernels/cuda/combine.h"
 #include "kernels/cuda/convert.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_runtime.h"
 #include "kernels/cuda/dispatch.h"
 #include "kernels/cuda/gating.h"
 #include "kernels/cuda/grouped_gemm.h"
@@ -137,6 +141,68 @@ void dense(const float* x, int64_t rows, int64_t in, int64_t out, const WeightRe
   grouped_gemm(dense_projection(x, rows, in, out, w, b, w_up, act, y, row_scale, offsets_dev), stream);
 }
 
+// Shared experts: out [T, H] = (optional sigmoid gate) * down(SwiGLU(gate_up(x))).
+void shared_experts(const MoELayerParams& p, const float* x, const int32_t* all_rows, float* out, cudaStream_t stream) {
+  const int64_t T = p.tokens, H = p.hidden, Is = p.shared_intermediate;
+  const bool separate = p.shared_w_in_up.data != nullptr;
+  Scratch hs(T * Is * 4, stream);
+  dense(x, T, H, separate ? Is : 2 * Is, p.shared_w_in, WeightRef{}, p.shared_w_in_up, Activation::kSwiGLU, hs.as<float>(),
+        nullptr, all_rows, stream);
+  Scratch gate(T * 4, stream);
+  if (p.shared_gate.data != nullptr) {
+    dense(x, T, H, 1, p.shared_gate, WeightRef{}, WeightRef{}, Activation::kNone, gate.as<float>(), nullptr, all_rows, stream);
+    sigmoid_kernel<<<grid_for(T), kThreads, 0, stream>>>(gate.as<float>(), T);
+    MOEKIT_CUDA_CHECK(cudaGetLastError());
+  }
+  dense(hs.as<float>(), T, Is, H, p.shared_w_out, WeightRef{}, WeightRef{}, Activation::kNone, out,
+        p.shared_gate.data != nullptr ? gate.as<float>() : nullptr, all_rows, stream);
+}
+
+// MOEKIT_CONCURRENT_SHARED=1: the shared experts run on the worker's side stream, beside
+// the router, gating, dispatch and routed experts (they need only x). Opt-in until run on
+// a GPU; read once per process.
+bool concurrent_shared_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("MOEKIT_CONCURRENT_SHARED");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return on;
+}
+
+// A branch forked from `main` onto the side stream; joined back (main waits for it) by
+// join() or, on any exit, the destructor, so nothing freed on the main stream afterwards
+// can still be in use by the branch.
+class SideBranch {
+ public:
+  SideBranch(cudaStream_t main, const SideStream& side)
+      : main_(main), side_(static_cast<cudaStream_t>(side.stream)), join_(static_cast<cudaEvent_t>(side.join)) {
+    const cudaEvent_t fork = static_cast<cudaEvent_t>(side.fork);
+    MOEKIT_CUDA_CHECK(cudaEventRecord(fork, main_));
+    MOEKIT_CUDA_CHECK(cudaStreamWaitEvent(side_, fork, 0));
+  }
+  ~SideBranch() {
+    if (!joined_) {
+      // Best effort while unwinding (an invalidated capture refuses these; its work is dropped).
+      cudaEventRecord(join_, side_);
+      cudaStreamWaitEvent(main_, join_, 0);
+      cudaGetLastError();
+    }
+  }
+  SideBranch(const SideBranch&) = delete;
+  SideBranch& operator=(const SideBranch&) = delete;
+  cudaStream_t stream() const { return side_; }
+  void join() {
+    joined_ = true;
+    MOEKIT_CUDA_CHECK(cudaEventRecord(join_, side_));
+    MOEKIT_CUDA_CHECK(cudaStreamWaitEvent(main_, join_, 0));
+  }
+
+ private:
+  cudaStream_t main_, side_;
+  cudaEvent_t join_;
+  bool joined_ = false;
+};
+
 }  // namespace
 
 void moe_layer_forward(const MoELayerParams& p, void* stream_ptr) {
@@ -159,6 +225,17 @@ void moe_layer_forward(const MoELayerParams& p, void* stream_ptr) {
   Scratch all_rows(2 * sizeof(int32_t), stream);
   fill_offsets_kernel<<<1, 32, 0, stream>>>(all_rows.as<int32_t>(), static_cast<int32_t>(T));
   MOEKIT_CUDA_CHECK(cudaGetLastError());
+
+  // 8 (first, opt-in). Shared experts on the side stream, beside steps 2-7. Declared after
+  // the buffers it reads or writes (x, all_rows, shared), so it is joined before they are
+  // freed on any exit.
+  const int64_t Is = p.shared_intermediate;
+  Scratch shared(Is > 0 ? T * H * 4 : 4, stream);
+  std::optional<SideBranch> side;
+  if (Is > 0 && concurrent_shared_enabled()) {
+    side.emplace(stream, side_stream());
+    shared_experts(p, x.as<float>(), all_rows.as<int32_t>(), shared.as<float>(), side->stream());
+  }
 
   // 2-3. Router and gate, or forced routing.
   const int64_t cols = p.gating.experts + p.gating.null_experts;
@@ -268,23 +345,11 @@ void moe_layer_forward(const MoELayerParams& p, void* stream_ptr) {
   g2.y = ye.as<float>();
   grouped_gemm(g2, stream);
 
-  // 8. Shared experts.
-  const int64_t Is = p.shared_intermediate;
-  Scratch shared(Is > 0 ? T * H * 4 : 4, stream);
-  if (Is > 0) {
-    const bool separate = p.shared_w_in_up.data != nullptr;
-    Scratch hs(T * Is * 4, stream);
-    dense(x.as<float>(), T, H, separate ? Is : 2 * Is, p.shared_w_in, WeightRef{}, p.shared_w_in_up, Activation::kSwiGLU,
-          hs.as<float>(), nullptr, all_rows.as<int32_t>(), stream);
-    Scratch gate(T * 4, stream);
-    if (p.shared_gate.data != nullptr) {
-      dense(x.as<float>(), T, H, 1, p.shared_gate, WeightRef{}, WeightRef{}, Activation::kNone, gate.as<float>(), nullptr,
-            all_rows.as<int32_t>(), stream);
-      sigmoid_kernel<<<grid_for(T), kThreads, 0, stream>>>(gate.as<float>(), T);
-      MOEKIT_CUDA_CHECK(cudaGetLastError());
-    }
-    dense(hs.as<float>(), T, Is, H, p.shared_w_out, WeightRef{}, WeightRef{}, Activation::kNone, shared.as<float>(),
-          p.shared_gate.data != nullptr ? gate.as<float>() : nullptr, all_rows.as<int32_t>(), stream);
+  // 8. Shared experts (here on the main stream, or joined from the side stream).
+  if (side.has_value()) {
+    side->join();
+  } else if (Is > 0) {
+    shared_experts(p, x.as<float>(), all_rows.as<int32_t>(), shared.as<float>(), stream);
   }
 
   // 9. Combine in token order, then the output dtype.

@@ -37,6 +37,11 @@ struct DeviceState {
   std::vector<std::function<void()>> pending_tasks;  // run_or_defer_on_device while busy
   std::mutex copy_lock;           // held by the copy worker (run_copy_on_device)
   cudaStream_t copy_stream = nullptr;
+  // The worker's second stream and its fork / join events (side_stream), made on first use
+  // by the worker (under `lock`).
+  cudaStream_t side_stream = nullptr;
+  cudaEvent_t side_fork = nullptr;
+  cudaEvent_t side_join = nullptr;
 };
 
 std::vector<DeviceState>& device_states() {
@@ -226,6 +231,15 @@ double run_copy_on_device(int32_t device, const std::function<void()>& fn) {
   }
   MOEKIT_CUDA_CHECK(cudaStreamSynchronize(s.copy_stream));
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+SideStream side_stream() {
+  MOEKIT_CHECK(tls_device >= 0 && tls_stream != nullptr, "side_stream() outside run_on_device");
+  DeviceState& s = device_states()[static_cast<size_t>(tls_device)];
+  if (s.side_stream == nullptr) MOEKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&s.side_stream, cudaStreamNonBlocking));
+  if (s.side_fork == nullptr) MOEKIT_CUDA_CHECK(cudaEventCreateWithFlags(&s.side_fork, cudaEventDisableTiming));
+  if (s.side_join == nullptr) MOEKIT_CUDA_CHECK(cudaEventCreateWithFlags(&s.side_join, cudaEventDisableTiming));
+  return SideStream{s.side_stream, s.side_fork, s.side_join};
 }
 
 void* current_stream() {

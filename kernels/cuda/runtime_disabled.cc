@@ -35,6 +35,7 @@ void require_device(int32_t) { not_compiled(); }
 void run_on_device(int32_t, const std::function<void()>&) { not_compiled(); }
 double run_copy_on_device(int32_t, const std::function<void()>&) { not_compiled(); }
 void* current_stream() { not_compiled(); }
+SideStream side_stream() { not_compiled(); }
 void* device_alloc(int32_t, int64_t) { not_compiled(); }
 void device_free(int32_t, void*) {}
 void run_or_defer_on_device(int32_t, std::function<void()>) {}

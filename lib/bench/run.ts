@@ -226,6 +226,7 @@ export async function runBench(o: BenchOptions, hooks: BenchHooks = {}, timer: B
     ['MOEKIT_WGMMA', 'wgmma grouped GEMM for 128-row tiles on compute capability 9.0'],
     ['MOEKIT_SKINNY', 'tensor-core grouped GEMM for experts with 3..16 rows'],
     ['MOEKIT_TC_STAGES', 'weight stages of the 64-row tensor-core tiles'],
+    ['MOEKIT_CONCURRENT_SHARED', 'shared experts on a second stream'],
   ];
   for (const [name, what] of optIn) {
     const v = process.env[name];

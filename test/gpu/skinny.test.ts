@@ -3,7 +3,7 @@
  * of bf16/f16 [E, N, K] weights, tensor cores fed straight from global memory) against
  * the CPU backend. The path is opt-in (MOEKIT_SKINNY=1) until it has passed here on a GPU,
  * so this file runs only with MOEKIT_SKINNY=1 or =require (scripts/gpu-check.sh, step
- * "skinny", uses require: a decline is then an error, so a pass is the skinny kernel's);
+ * "optin", uses require: a decline is then an error, so a pass is the skinny kernel's);
  * otherwise it is skipped with the reason printed.
  *
  * Two parts. With x as drawn (not rounded to 16 bits) and experts of at most 16 rows, the
