@@ -23,7 +23,7 @@
 #    tiles) -> $OUT/skinny-tests.{json,log}, the op, layer and graph GPU tests with all three
 #    on (small sizes) -> $OUT/skinny-suite.{json,log}, the layer + GEMM bench at T = 1, 16, 128
 #    with both off and on, and T = 128, 1024 with MOEKIT_TC_STAGES=3 alone -> $OUT/bench-skinny-{off,on,tc3}.txt,
-#    and skinny.test.ts under memcheck
+#    and skinny.test.ts + profile.test.ts under memcheck with all three on
 #    -> $OUT/memcheck-skinny.log. Run it on its own: MOEKIT_STEPS="optin".
 # Each step has its own time limit (MOEKIT_T_TESTS, MOEKIT_T_BENCH, MOEKIT_T_OFFLOAD, MOEKIT_T_NCU,
 # MOEKIT_T_MEMCHECK, MOEKIT_T_WGMMA_*, MOEKIT_T_SKINNY_*);
@@ -137,15 +137,18 @@ if want optin; then
         on) envs=(MOEKIT_SKINNY=1 MOEKIT_TC_STAGES=3 MOEKIT_CONCURRENT_SHARED=1); tokens=1,16,128 ;;
         tc3) envs=(-u MOEKIT_SKINNY -u MOEKIT_CONCURRENT_SHARED MOEKIT_TC_STAGES=3); tokens=128,1024 ;;
       esac
-      env "${envs[@]}" timeout -k 5 "${MOEKIT_T_SKINNY_BENCH:-60}" node dist/cli.js bench --device cuda --dtype bf16 \
+      env "${envs[@]}" timeout -k 5 "${MOEKIT_T_SKINNY_BENCH:-55}" node dist/cli.js bench --device cuda --dtype bf16 \
         --op layer,gemm --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3 --tokens "$tokens" \
         --json "$OUT/bench-skinny-$mode.json" --anchors bench/anchors-h100.json > "$OUT/bench-skinny-$mode.txt" 2>&1
       summary+=("skinny bench ($mode): exit $? (bench-skinny-$mode.txt)")
     done
   fi
   if command -v compute-sanitizer > /dev/null; then
-    MOEKIT_SKINNY=require MOEKIT_TC_STAGES=3 timeout -k 5 "${MOEKIT_T_SKINNY_MEMCHECK:-110}" compute-sanitizer --tool memcheck --target-processes all --error-exitcode 99 \
-      node node_modules/.bin/jest --runInBand --testTimeout=110000 test/gpu/skinny.test.ts > "$OUT/memcheck-skinny.log" 2>&1
+    # skinny.test.ts (its 64-row tiles with the third stage) and the graph tests (a shared-expert
+    # layer captured, replayed and run eagerly with the side stream).
+    MOEKIT_SKINNY=require MOEKIT_TC_STAGES=3 MOEKIT_CONCURRENT_SHARED=1 MOEKIT_GPU_QUICK=1 timeout -k 5 "${MOEKIT_T_SKINNY_MEMCHECK:-150}" \
+      compute-sanitizer --tool memcheck --target-processes all --error-exitcode 99 \
+      node node_modules/.bin/jest --runInBand --testTimeout=140000 test/gpu/skinny.test.ts test/gpu/profile.test.ts > "$OUT/memcheck-skinny.log" 2>&1
     summary+=("skinny memcheck: exit $? ($(grep -c 'Invalid\|Error' "$OUT/memcheck-skinny.log") lines naming errors)")
   fi
   jest_failures "$OUT/skinny-tests.json"

@@ -61,7 +61,9 @@ void* current_stream();
 // it, enqueue, then record `join` on `stream` and make the main stream wait on it before
 // the job's last use of the results or the end of the job (also on errors: the worker
 // synchronises only the main stream). Joined this way, the branch is part of a CUDA-graph
-// capture of the main stream. Jobs on a device are serialised, so one set serves them all.
+// capture of the main stream. Jobs on a device are serialised, so one set serves them all;
+// the worker makes them before running any job (never inside a capture). On an error the
+// worker synchronises the side stream too.
 struct SideStream {
   void* stream;
   void* fork;

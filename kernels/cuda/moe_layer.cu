@@ -181,20 +181,24 @@ class SideBranch {
     MOEKIT_CUDA_CHECK(cudaStreamWaitEvent(side_, fork, 0));
   }
   ~SideBranch() {
-    if (!joined_) {
-      // Best effort while unwinding (an invalidated capture refuses these; its work is dropped).
-      cudaEventRecord(join_, side_);
-      cudaStreamWaitEvent(main_, join_, 0);
-      cudaGetLastError();
+    if (joined_) return;
+    // While unwinding. An invalidated capture refuses these calls, and its work never runs.
+    // Outside a capture, if the join cannot be enqueued, wait for the branch on the host so
+    // nothing freed on the main stream afterwards is still in use by it.
+    if (cudaEventRecord(join_, side_) != cudaSuccess || cudaStreamWaitEvent(main_, join_, 0) != cudaSuccess) {
+      cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+      if (cudaStreamIsCapturing(side_, &status) == cudaSuccess && status == cudaStreamCaptureStatusNone)
+        cudaStreamSynchronize(side_);
     }
+    cudaGetLastError();
   }
   SideBranch(const SideBranch&) = delete;
   SideBranch& operator=(const SideBranch&) = delete;
   cudaStream_t stream() const { return side_; }
   void join() {
-    joined_ = true;
     MOEKIT_CUDA_CHECK(cudaEventRecord(join_, side_));
     MOEKIT_CUDA_CHECK(cudaStreamWaitEvent(main_, join_, 0));
+    joined_ = true;  // only once both are enqueued; otherwise the destructor retries
   }
 
  private:

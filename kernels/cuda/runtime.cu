@@ -37,8 +37,8 @@ struct DeviceState {
   std::vector<std::function<void()>> pending_tasks;  // run_or_defer_on_device while busy
   std::mutex copy_lock;           // held by the copy worker (run_copy_on_device)
   cudaStream_t copy_stream = nullptr;
-  // The worker's second stream and its fork / join events (side_stream), made on first use
-  // by the worker (under `lock`).
+  // The worker's second stream and its fork / join events (side_stream), made by the
+  // worker (run_locked, under `lock`) before it runs any work.
   cudaStream_t side_stream = nullptr;
   cudaEvent_t side_fork = nullptr;
   cudaEvent_t side_join = nullptr;
@@ -148,6 +148,11 @@ void run_locked(DeviceState& s, int32_t device, const std::function<void()>& fn)
   std::lock_guard<std::mutex> g(s.lock);
   MOEKIT_CUDA_CHECK(cudaSetDevice(device));
   if (s.stream == nullptr) MOEKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
+  // NOTE: made here, never inside fn: fn may be capturing the stream into a CUDA graph,
+  // where creating streams or events is not documented as allowed.
+  if (s.side_stream == nullptr) MOEKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&s.side_stream, cudaStreamNonBlocking));
+  if (s.side_fork == nullptr) MOEKIT_CUDA_CHECK(cudaEventCreateWithFlags(&s.side_fork, cudaEventDisableTiming));
+  if (s.side_join == nullptr) MOEKIT_CUDA_CHECK(cudaEventCreateWithFlags(&s.side_join, cudaEventDisableTiming));
   // Restored on exit (a copy worker allocating device memory comes through here).
   struct Reset {
     cudaStream_t stream = tls_stream;
@@ -163,7 +168,11 @@ void run_locked(DeviceState& s, int32_t device, const std::function<void()>& fn)
   try {
     fn();
   } catch (...) {
-    cudaStreamSynchronize(s.stream);  // leave no work in flight that references freed memory
+    // Leave no work in flight that references freed memory: the main stream, and the side
+    // stream in case a side branch could not be joined back (side_stream()).
+    cudaStreamSynchronize(s.stream);
+    cudaStreamSynchronize(s.side_stream);
+    cudaGetLastError();
     drain_pending_frees(s);
     throw;
   }
@@ -236,9 +245,8 @@ double run_copy_on_device(int32_t device, const std::function<void()>& fn) {
 SideStream side_stream() {
   MOEKIT_CHECK(tls_device >= 0 && tls_stream != nullptr, "side_stream() outside run_on_device");
   DeviceState& s = device_states()[static_cast<size_t>(tls_device)];
-  if (s.side_stream == nullptr) MOEKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&s.side_stream, cudaStreamNonBlocking));
-  if (s.side_fork == nullptr) MOEKIT_CUDA_CHECK(cudaEventCreateWithFlags(&s.side_fork, cudaEventDisableTiming));
-  if (s.side_join == nullptr) MOEKIT_CUDA_CHECK(cudaEventCreateWithFlags(&s.side_join, cudaEventDisableTiming));
+  MOEKIT_CHECK(s.side_stream != nullptr && s.side_fork != nullptr && s.side_join != nullptr,
+               "side_stream(): not made by the worker");  // run_locked makes them
   return SideStream{s.side_stream, s.side_fork, s.side_join};
 }
 
