@@ -154,6 +154,10 @@ if want optin; then
   jest_failures "$OUT/skinny-tests.json"
   jest_failures "$OUT/skinny-suite.json"
   tail -n 30 "$OUT/bench-skinny-off.txt" "$OUT/bench-skinny-on.txt" "$OUT/bench-skinny-tc3.txt" 2>/dev/null
+  # The decision: cell by cell, off -> on and off -> third stage alone (T = 128 overlaps).
+  node dist/cli.js bench compare "$OUT/bench-skinny-off.json" "$OUT/bench-skinny-on.json" > "$OUT/compare-on.txt" 2>&1
+  node dist/cli.js bench compare "$OUT/bench-skinny-off.json" "$OUT/bench-skinny-tc3.json" > "$OUT/compare-tc3.txt" 2>&1
+  cat "$OUT/compare-on.txt" "$OUT/compare-tc3.txt"
 fi
 
 tail -n 40 "$OUT/bench.txt" 2>/dev/null

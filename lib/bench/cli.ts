@@ -9,6 +9,7 @@ import { Device, resolveDevice } from '../device';
 import { DType, FLOAT_DTYPES } from '../dtype';
 import { MoekitError } from '../errors';
 import { BenchOp } from './accounting';
+import { COMPARE_USAGE, CompareInputError, compareReports, formatComparison, readBenchReport } from './compare';
 import { Anchors, formatAnchorComparison, formatHeader, formatRow, progressLine, readAnchors, renderSvg } from './output';
 import { RoutingSpec } from './routing';
 import { BenchOptions, BenchReport, runBench } from './run';
@@ -54,6 +55,8 @@ says how to run it and what each figure counts.
 
 moekit bench offload ... runs a whole MoE layer stack with experts offloaded to host
 memory behind a device expert cache (moekit bench offload --help; docs/OFFLOAD.md).
+moekit bench compare BASE.json NEW.json compares two --json reports cell by cell
+(moekit bench compare --help).
 Exit status: 0 on success (skipped cells included), 1 when the work fails, 2 for bad arguments.`;
 
 /** A bad argument: names the flag, what was expected, what was received; exit status 2. */
@@ -264,7 +267,29 @@ export async function runBenchCli(argv: string[], io: BenchIo = defaultIo()): Pr
   }
 }
 
+/** `moekit bench compare BASE.json NEW.json` (lib/bench/compare.ts). */
+function compareCommand(argv: string[], io: BenchIo): number {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    io.out(COMPARE_USAGE + '\n');
+    return 0;
+  }
+  if (argv.length !== 2 || argv.some((a) => a.startsWith('--'))) {
+    io.err(`moekit bench compare: expected two report files (BASE.json NEW.json), received ${JSON.stringify(argv)}\n`);
+    return 2;
+  }
+  try {
+    const [base, next] = [readBenchReport(argv[0], 'BASE'), readBenchReport(argv[1], 'NEW')];
+    for (const l of formatComparison(compareReports(base, next), argv[0], argv[1])) io.out(l + '\n');
+    return 0;
+  } catch (e) {
+    if (!(e instanceof CompareInputError)) throw e;
+    io.err(`moekit bench compare: ${e.message}\n`);
+    return 2;
+  }
+}
+
 async function benchCommand(argv: string[], io: BenchIo): Promise<number> {
+  if (argv[0] === 'compare') return compareCommand(argv.slice(1), io);
   if (argv[0] === 'offload') {
     // The expert-offloading benchmark parses its own options (lib/offload/bench.ts).
     const { runOffloadBenchCli } = await import('../offload/bench');
