@@ -278,7 +278,7 @@ __global__ void __launch_bounds__(kThreads, kBM == 128 ? 1 : 2) gemm_tc_kernel(A
 
   // NOTE: tile kt + kBStages - 1's weights stream in with cp.async and tile kt + 1's x
   // sits in registers while tile kt is multiplied. kBM = 128 with 2 stages is 40,976 bytes
-  // of static shared memory and, at 160-193 registers per thread, one CTA (8 warps) per SM;
+  // of static shared memory and, at 163-193 registers per thread, one CTA (8 warps) per SM;
   // kBM = 64 with 3 stages is the same 40,976 bytes ([E,N,K]; 36,368 for [E,K,N]) and
   // 104-128 registers (kHalves at the 128 cap, no spills), two CTAs per SM (ptxas -v, sm_90).
   // cp.async groups: one per weight tile, committed in tile order (the prologue's

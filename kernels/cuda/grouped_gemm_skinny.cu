@@ -40,8 +40,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "kernels/common/error.h"
 #include "kernels/cuda/cuda_check.h"
@@ -226,13 +224,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_skinny_kernel(Args a) {
 // MOEKIT_SKINNY: "1" enables the path; "require" also turns every decline (operands not
 // qualifying) into an error, so a test run can show that the skinny kernel is what it checked.
 int env_mode() {  // 0 off, 1 on, 2 required
-  static const int mode = [] {
-    const char* v = std::getenv("MOEKIT_SKINNY");
-    if (v == nullptr) return 0;
-    if (std::strcmp(v, "1") == 0) return 1;
-    if (std::strcmp(v, "require") == 0) return 2;
-    return 0;
-  }();
+  static const int mode = opt_in_mode("MOEKIT_SKINNY");
   return mode;
 }
 

@@ -45,8 +45,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "kernels/common/error.h"
 #include "kernels/cuda/convert.h"
@@ -329,13 +327,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(Args a, const u
 // mma.sync kernel (device, build or operands not qualifying) into an error, so a test
 // run can show that the wgmma kernel is what it checked.
 int env_mode() {  // 0 off, 1 on, 2 required
-  static const int mode = [] {
-    const char* v = std::getenv("MOEKIT_WGMMA");
-    if (v == nullptr) return 0;
-    if (std::strcmp(v, "1") == 0) return 1;
-    if (std::strcmp(v, "require") == 0) return 2;
-    return 0;
-  }();
+  static const int mode = opt_in_mode("MOEKIT_WGMMA");
   return mode;
 }
 
