@@ -66,6 +66,12 @@ export interface BenchRow {
    */
   pairs: number;
   touched: number;
+  /**
+   * Rows each expert got (pairs routed to it, by expert id): the shapes of the cell's grouped
+   * GEMMs, so another library can be timed on the same ones (bench/openblas-baseline.py).
+   * null when skipped.
+   */
+  expertRows: number[] | null;
   flops: number;
   bytes: number;
   /** Roofline floor, ms; null when skipped. */
@@ -332,7 +338,7 @@ export async function runBench(o: BenchOptions, hooks: BenchHooks = {}, timer: B
   return report;
 }
 
-function baseRow(s: BenchShape, op: BenchOp, T: number, pairs: number, touched: number, dtype: DType): Omit<BenchRow, 'status' | 'reason' | 'floorMs' | 'flops' | 'bytes' | 'deviceMs' | 'timer' | 'graph' | 'wallMs' | 'basis' | 'ms' | 'tflops' | 'gbs' | 'efficiency'> & { cell: CellShape } {
+function baseRow(s: BenchShape, op: BenchOp, T: number, pairs: number, touched: number, dtype: DType): Omit<BenchRow, 'status' | 'reason' | 'expertRows' | 'floorMs' | 'flops' | 'bytes' | 'deviceMs' | 'timer' | 'graph' | 'wallMs' | 'basis' | 'ms' | 'tflops' | 'gbs' | 'efficiency'> & { cell: CellShape } {
   const cell: CellShape = {
     tokens: T,
     hidden: s.hidden,
@@ -352,7 +358,7 @@ function baseRow(s: BenchShape, op: BenchOp, T: number, pairs: number, touched: 
 function skippedRow(s: BenchShape, op: BenchOp, T: number, dtype: DType, reason: string): BenchRow {
   const { cell, ...base } = baseRow(s, op, T, T * s.k, Math.min(s.experts, T * s.k), dtype);
   const w = work(op, cell);
-  return { ...base, status: 'skipped', reason, flops: w.flops, bytes: w.bytes, floorMs: null, deviceMs: null, timer: null, graph: false, wallMs: null, basis: null, ms: null, tflops: null, gbs: null, efficiency: null };
+  return { ...base, status: 'skipped', reason, expertRows: null, flops: w.flops, bytes: w.bytes, floorMs: null, deviceMs: null, timer: null, graph: false, wallMs: null, basis: null, ms: null, tflops: null, gbs: null, efficiency: null };
 }
 
 /** A preset's layer and weights on the bench device. */
@@ -559,6 +565,7 @@ async function runCell(
     ...base,
     status: 'ok',
     reason: null,
+    expertRows: Array.from(inp.offsets.subarray(1), (end, e) => end - inp.offsets[e]),
     flops: w.flops,
     bytes: w.bytes,
     floorMs,

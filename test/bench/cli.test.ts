@@ -32,6 +32,7 @@ interface Row {
   reason: string | null;
   pairs: number;
   touched: number;
+  expertRows: number[] | null;
   flops: number;
   bytes: number;
   floorMs: number | null;
@@ -98,6 +99,10 @@ describe('moekit bench on the CPU', () => {
       expect([r.preset, r.status, r.reason, r.pairs]).toEqual(['custom', 'ok', null, r.tokens * K]);
       expect(r.touched).toBeGreaterThanOrEqual(1);
       expect(r.touched).toBeLessThanOrEqual(Math.min(E, r.tokens * K));
+      // Rows per expert: E entries, summing to the pairs, non-zero for the touched experts.
+      expect(r.expertRows).toHaveLength(E);
+      expect(r.expertRows!.reduce((a, b) => a + b, 0)).toBe(r.pairs);
+      expect(r.expertRows!.filter((m) => m > 0)).toHaveLength(r.touched);
       // One text line per row in the table.
       expect(text).toContain(`custom         ${r.op.padEnd(9)} ${String(r.tokens).padStart(6)} ${String(r.touched).padStart(7)}`);
       // Device time from the profiling API; wall time from JavaScript; both with `repeats` samples.
@@ -136,8 +141,14 @@ describe('moekit bench on the CPU', () => {
     const rows = JSON.parse(fs.readFileSync(json, 'utf8')).rows as Row[];
     for (const r of rows) {
       const used = new Set<number>();
-      for (let t = 0; t < r.tokens; t++) for (let s = 0; s < K; s++) used.add(ids[(t * layers + 1) * K + s]);
+      const rowsOf = new Array<number>(E).fill(0);
+      for (let t = 0; t < r.tokens; t++)
+        for (let s = 0; s < K; s++) {
+          used.add(ids[(t * layers + 1) * K + s]);
+          rowsOf[ids[(t * layers + 1) * K + s]]++;
+        }
       expect([r.op, r.tokens, r.touched]).toEqual([r.op, r.tokens, used.size]);
+      expect(r.expertRows).toEqual(rowsOf);
     }
   });
 
@@ -150,11 +161,11 @@ describe('moekit bench on the CPU', () => {
     expect(text).toMatch(/custom +gemm-up +1 +skipped: weights need 0\.0 GiB \(\+0\.0 GiB while made\) of host memory; the limit is 0\.0 GiB \(--memory-limit-gib\); try --experts N/);
     expect(text).toContain('4 of 4 cells skipped');
     const rows = JSON.parse(fs.readFileSync(json, 'utf8')).rows as Row[];
-    expect(rows.map((r) => [r.op, r.tokens, r.status, r.deviceMs, r.efficiency])).toEqual([
-      ['gemm-up', 1, 'skipped', null, null],
-      ['gemm-down', 1, 'skipped', null, null],
-      ['gemm-up', 16, 'skipped', null, null],
-      ['gemm-down', 16, 'skipped', null, null],
+    expect(rows.map((r) => [r.op, r.tokens, r.status, r.deviceMs, r.efficiency, r.expertRows])).toEqual([
+      ['gemm-up', 1, 'skipped', null, null, null],
+      ['gemm-down', 1, 'skipped', null, null, null],
+      ['gemm-up', 16, 'skipped', null, null, null],
+      ['gemm-down', 16, 'skipped', null, null, null],
     ]);
     for (const r of rows) expect(r.reason).toMatch(/^weights need/);
     expect(checkSvg(fs.readFileSync(svg, 'utf8')).polylines).toBe(0);
