@@ -17,7 +17,7 @@ const timing = (median: number, spread: number) => ({ median, min: median - spre
 function row(preset: string, op: string, tokens: number, dev: number | null, wall: number, spread = 0.01, status: 'ok' | 'skipped' = 'ok'): BenchRow {
   return {
     preset, op: op as BenchRow['op'], tokens, status, reason: status === 'ok' ? null : 'too big',
-    hidden: 64, intermediate: 32, experts: 8, k: 2, sharedIntermediate: 0, pairs: tokens * 2, touched: 2, flops: 1, bytes: 1,
+    hidden: 64, intermediate: 32, experts: 8, k: 2, sharedIntermediate: 0, pairs: tokens * 2, touched: 2, expertRows: null, flops: 1, bytes: 1,
     floorMs: status === 'ok' ? 0.1 : null,
     deviceMs: status === 'ok' && dev !== null ? timing(dev, spread) : null,
     timer: dev === null ? null : 'cuda-event', graph: dev !== null,
