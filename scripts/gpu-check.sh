@@ -16,6 +16,12 @@
 #    element behind each output) -> $OUT/wgmma-diag.txt, test/gpu/wgmma.test.ts + the layer tests -> $OUT/wgmma-tests.{json,log},
 #    the layer bench at prefill sizes -> $OUT/bench-wgmma.{txt,json}, and wgmma.test.ts under
 #    memcheck -> $OUT/memcheck-wgmma.log. Run it on its own: MOEKIT_STEPS="wgmma".
+# 5b. "wgmma-tma" (not in the default set; after "wgmma" passes): the same kernel fed by TMA,
+#    MOEKIT_WGMMA_TMA=1 (thread 0) and =ws (producer warpgroup): for each, diag
+#    -> $OUT/tma-F-diag.txt and wgmma.test.ts -> $OUT/tma-F-tests.{json,log}; the GEMM bench at
+#    T = 1024..16384 with cp.async, 1 and ws, and `bench compare` against cp.async
+#    -> $OUT/compare-tma-F.txt (limits sum to 540 s). "wgmma-tma-memcheck": wgmma.test.ts
+#    under memcheck for both -> $OUT/memcheck-tma-F.log (300 s).
 # 6. "optin" (not in the default set): the three opt-in changes of 2026-11-23, the 3..16-row
 #    tensor-core kernel (MOEKIT_SKINNY), 3 weight stages in the 64-row tiles
 #    (MOEKIT_TC_STAGES=3) and shared experts on a side stream (MOEKIT_CONCURRENT_SHARED=1):
@@ -26,7 +32,7 @@
 #    and skinny.test.ts + profile.test.ts under memcheck with all three on
 #    -> $OUT/memcheck-skinny.log. Run it on its own: MOEKIT_STEPS="optin".
 # Each step has its own time limit (MOEKIT_T_TESTS, MOEKIT_T_BENCH, MOEKIT_T_OFFLOAD, MOEKIT_T_NCU,
-# MOEKIT_T_MEMCHECK, MOEKIT_T_WGMMA_*, MOEKIT_T_SKINNY_*);
+# MOEKIT_T_MEMCHECK, MOEKIT_T_WGMMA_*, MOEKIT_T_TMA_*, MOEKIT_T_SKINNY_*);
 # on an H100 (2026-11-22) the layer bench took about 70 s.
 # Prints a short summary last. Each step runs even if an earlier one failed.
 set -uo pipefail
@@ -40,10 +46,19 @@ summary=()
 # the full set over two calls: MOEKIT_STEPS="tests bench offload", then MOEKIT_STEPS="ncu memcheck".
 steps=" ${MOEKIT_STEPS:-tests bench offload ncu memcheck} "
 want() { [[ "$steps" == *" $1 "* ]]; }
+# Counts and failures of a jest --json report, briefly.
+jest_counts() { node -e "const r=require('$1');console.log(r.numPassedTests+' passed, '+r.numFailedTests+' failed, '+r.numPendingTests+' skipped')" 2>/dev/null || echo 'no results'; }
+jest_failures() {
+  node -e "
+const r=require('$1');
+for (const f of r.testResults) { if (f.status!=='passed' && f.assertionResults.length===0) console.log('SUITE FAIL', f.name, String(f.message).slice(0,600));
+  for (const a of f.assertionResults) if (a.status==='failed') console.log('FAIL', a.fullName, '::', a.failureMessages.join(' ').replace(/\\s+/g,' ').slice(0,400)); }
+" 2>/dev/null | head -c "${2:-3000}"
+}
 
 if want tests; then
   timeout -k 5 "${MOEKIT_T_TESTS:-300}" node node_modules/.bin/jest --runInBand --testTimeout=150000 test/gpu --json --outputFile="$OUT/gpu-tests.json" > "$OUT/gpu-tests.log" 2>&1
-  summary+=("test/gpu: exit $? ($(node -e "const r=require('$OUT/gpu-tests.json');console.log(r.numPassedTests+' passed, '+r.numFailedTests+' failed, '+r.numPendingTests+' skipped')" 2>/dev/null || echo 'no results'))")
+  summary+=("test/gpu: exit $? ($(jest_counts "$OUT/gpu-tests.json"))")
 fi
 
 if want bench && [ -f dist/cli.js ]; then
@@ -90,7 +105,7 @@ if want wgmma; then
   summary+=("wgmma diag: exit $? ($(tail -n 1 "$OUT/wgmma-diag.txt"))")
   MOEKIT_WGMMA=require timeout -k 5 "${MOEKIT_T_WGMMA_TESTS:-200}" node node_modules/.bin/jest --runInBand --testTimeout=150000 \
     test/gpu/wgmma.test.ts test/gpu/layer.test.ts --json --outputFile="$OUT/wgmma-tests.json" > "$OUT/wgmma-tests.log" 2>&1
-  summary+=("wgmma tests: exit $? ($(node -e "const r=require('$OUT/wgmma-tests.json');console.log(r.numPassedTests+' passed, '+r.numFailedTests+' failed, '+r.numPendingTests+' skipped')" 2>/dev/null || echo 'no results'))")
+  summary+=("wgmma tests: exit $? ($(jest_counts "$OUT/wgmma-tests.json"))")
   if [ -f dist/cli.js ]; then
     MOEKIT_WGMMA=require timeout -k 5 "${MOEKIT_T_WGMMA_BENCH:-130}" node dist/cli.js bench --device cuda --dtype bf16 --op all \
       --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3 --tokens 1024,4096,16384 \
@@ -104,23 +119,52 @@ if want wgmma; then
   fi
   cat "$OUT/wgmma-diag.txt"
   tail -n 60 "$OUT/bench-wgmma.txt" 2>/dev/null
-  node -e "
-const r=require('$OUT/wgmma-tests.json');
-for (const f of r.testResults) for (const a of f.assertionResults) if (a.status==='failed') console.log('FAIL', a.fullName, '::', a.failureMessages.join(' ').replace(/\\s+/g,' ').slice(0,400));
-" 2>/dev/null | head -c 4000
+  jest_failures "$OUT/wgmma-tests.json" 4000
+fi
+
+# The wgmma kernel fed by TMA (MOEKIT_WGMMA_TMA=1: from thread 0; =ws: from a producer
+# warpgroup; see the file comment of grouped_gemm_sm90.cu), after "wgmma" has passed: for
+# each feed the same diagnosis and tests, then the GEMM bench at prefill sizes with each feed
+# and `bench compare` against cp.async. A wait on tile 0's TMA barrier that never
+# completes traps after about a second (a CUDA error in the test), so a byte-count error
+# cannot hang the call. "wgmma-tma-memcheck" runs wgmma.test.ts under memcheck for both.
+if want wgmma-tma; then
+  for f in 1 ws; do
+    MOEKIT_WGMMA=require MOEKIT_WGMMA_TMA=$f timeout -k 5 "${MOEKIT_T_TMA_DIAG:-45}" node scripts/gpu-wgmma-diag.js > "$OUT/tma-$f-diag.txt" 2>&1
+    summary+=("tma=$f diag: exit $? ($(tail -n 1 "$OUT/tma-$f-diag.txt"))")
+    MOEKIT_WGMMA=require MOEKIT_WGMMA_TMA=$f timeout -k 5 "${MOEKIT_T_TMA_TESTS:-120}" node node_modules/.bin/jest --runInBand --testTimeout=100000 \
+      test/gpu/wgmma.test.ts --json --outputFile="$OUT/tma-$f-tests.json" > "$OUT/tma-$f-tests.log" 2>&1
+    summary+=("tma=$f tests: exit $? ($(jest_counts "$OUT/tma-$f-tests.json"))")
+  done
+  if [ -f dist/cli.js ]; then
+    for f in 0 1 ws; do
+      MOEKIT_WGMMA=require MOEKIT_WGMMA_TMA=$f timeout -k 5 "${MOEKIT_T_TMA_BENCH:-70}" node dist/cli.js bench --device cuda --dtype bf16 --op gemm \
+        --preset mixtral-8x7b,qwen3-30b-a3b,olmoe-1b-7b --tokens 1024,4096,16384 --repeats 10 \
+        --json "$OUT/bench-tma-$f.json" > "$OUT/bench-tma-$f.txt" 2>&1
+      summary+=("tma=$f bench: exit $?")
+    done
+    for f in 1 ws; do
+      node dist/cli.js bench compare "$OUT/bench-tma-0.json" "$OUT/bench-tma-$f.json" > "$OUT/compare-tma-$f.txt" 2>&1
+      summary+=("tma=$f compare with cp.async: exit $? (compare-tma-$f.txt)")
+    done
+  fi
+  for f in 1 ws; do
+    cat "$OUT/tma-$f-diag.txt"
+    cat "$OUT/compare-tma-$f.txt" 2>/dev/null
+    jest_failures "$OUT/tma-$f-tests.json" 3000
+  done
+fi
+if want wgmma-tma-memcheck && command -v compute-sanitizer > /dev/null; then
+  for f in 1 ws; do
+    MOEKIT_WGMMA=require MOEKIT_WGMMA_TMA=$f timeout -k 5 "${MOEKIT_T_TMA_MEMCHECK:-150}" compute-sanitizer --tool memcheck --target-processes all --error-exitcode 99 \
+      node node_modules/.bin/jest --runInBand test/gpu/wgmma.test.ts > "$OUT/memcheck-tma-$f.log" 2>&1
+    summary+=("tma=$f memcheck: exit $? ($(grep -c 'Invalid\|Error' "$OUT/memcheck-tma-$f.log") lines naming errors)")
+  done
 fi
 
 # The small-batch grouped GEMM changes: the skinny kernel (kernels/cuda/grouped_gemm_skinny.cu,
 # experts with 3..16 rows on tensor cores; MOEKIT_SKINNY=require makes every decline an error,
 # so what passes is that kernel) and 3 weight stages in gemm_tc_kernel's 64-row tiles.
-jest_counts() { node -e "const r=require('$1');console.log(r.numPassedTests+' passed, '+r.numFailedTests+' failed, '+r.numPendingTests+' skipped')" 2>/dev/null || echo 'no results'; }
-jest_failures() {
-  node -e "
-const r=require('$1');
-for (const f of r.testResults) { if (f.status!=='passed' && f.assertionResults.length===0) console.log('SUITE FAIL', f.name, String(f.message).slice(0,600));
-  for (const a of f.assertionResults) if (a.status==='failed') console.log('FAIL', a.fullName, '::', a.failureMessages.join(' ').replace(/\\s+/g,' ').slice(0,400)); }
-" 2>/dev/null | head -c 3000
-}
 if want optin; then
   MOEKIT_SKINNY=require MOEKIT_TC_STAGES=3 timeout -k 5 "${MOEKIT_T_SKINNY_TESTS:-90}" node node_modules/.bin/jest --runInBand --testTimeout=80000 \
     test/gpu/skinny.test.ts --json --outputFile="$OUT/skinny-tests.json" > "$OUT/skinny-tests.log" 2>&1
@@ -163,10 +207,6 @@ fi
 tail -n 40 "$OUT/bench.txt" 2>/dev/null
 tail -n 30 "$OUT/offload.txt" 2>/dev/null
 # failing GPU tests, briefly (full messages in gpu-tests.json / gpu-tests.log)
-want tests && node -e "
-const r=require('$OUT/gpu-tests.json');
-for (const f of r.testResults) { if (f.status!=='passed' && f.assertionResults.length===0) console.log('SUITE FAIL', f.name, String(f.message).slice(0,600));
-  for (const a of f.assertionResults) if (a.status==='failed') console.log('FAIL', a.fullName, '::', a.failureMessages.join(' ').replace(/\\s+/g,' ').slice(0,400)); }
-" 2>/dev/null | head -c 6000
+want tests && jest_failures "$OUT/gpu-tests.json" 6000
 grep -m 20 -B2 -A8 'Invalid\|========= Error\|ERROR SUMMARY' "$OUT/memcheck.log" 2>/dev/null | head -c 3000
 printf '%s\n' "${summary[@]}"

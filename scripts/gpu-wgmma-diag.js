@@ -60,7 +60,7 @@ async function run(dtype, rows, K, N) {
 }
 
 async function main() {
-  console.log(`MOEKIT_WGMMA=${process.env.MOEKIT_WGMMA ?? '(unset)'}; device ${JSON.stringify(m.runtime().devices[0] ?? null)}`);
+  console.log(`MOEKIT_WGMMA=${process.env.MOEKIT_WGMMA ?? '(unset)'} MOEKIT_WGMMA_TMA=${process.env.MOEKIT_WGMMA_TMA ?? '(unset)'}; device ${JSON.stringify(m.runtime().devices[0] ?? null)}`);
   let bad = 0;
   // One tile; then K tails, several K steps, several row tiles and column blocks.
   for (const [rows, K, N] of [[128, 64, 256], [256, 128, 512], [300, 200, 600], [1024, 1032, 264]])

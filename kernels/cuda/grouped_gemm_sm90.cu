@@ -35,9 +35,37 @@
 // flight. After the barrier of iteration kt every thread has waited for tile kt-2's
 // wgmmas, so the stage being refilled is no longer read.
 //
+// TMA variants (MOEKIT_WGMMA_TMA=1 or =ws beside MOEKIT_WGMMA; also opt-in, also not yet
+// run): the same kernel with kFeed = kFeedTma or kFeedTmaWs. With kFeedTma, thread 0
+// fills a stage with three tensor-memory-accelerator copies (cp.async.bulk.tensor: the A tile from a 2D map of x16 [rows, K], and
+// two 128-row halves of the B tile from a 3D map of the weights [E, N, K]) that complete
+// on the stage's mbarrier (expect_tx = the stage's 48 KB; TMA counts a box's out-of-range
+// elements, written as zeros, in full). Every thread waits on that barrier instead of
+// cp.async.wait_group; the per-iteration barrier still orders the refill of a stage after
+// every warpgroup's wgmma.wait_group on it. The TMA boxes are written with the 128-byte
+// swizzle, the layout above. Rows past an expert's end are loaded from the next
+// expert's rows (or as zeros past the last row) and never stored, as in the cp.async
+// kernel. With kHalves the B tile is [128 gate rows | 128 up rows] (two boxes), so the
+// epilogue pairs accumulator block b (< 16) with block b + 16, instead of gemm_tc_kernel's
+// alternating 8-column blocks. The wait for tile 0 gives up after 10 s with __trap(): a
+// byte count that TMA never delivers then fails the launch instead of hanging the process's
+// GPU work. That error (cudaErrorLaunchFailure) is sticky: every later CUDA call of the
+// process fails too, so this is a diagnostic for the unrun opt-in path, to be removed once it
+// has passed on an H100. (Later stages expect the same count; a count too small completes
+// phases early: wrong results, no hang.) After each barrier wait a __syncwarp reconverges
+// the warp (thread 0 issued copies, the wait loop may diverge) before the .aligned wgmma
+// instructions.
+// Warp-specialized (=ws, kFeedTmaWs): 384 threads; warpgroup 0 is the producer (registers
+// cut to 40 with setmaxnreg; its thread 0 issues tile kt into stage kt % 4 once the
+// stage's "empty" mbarrier shows that all 256 math threads have finished tile kt - 4),
+// warpgroups 1 and 2 do the math (registers raised to 232) and arrive on a stage's
+// "empty" barrier after wgmma.wait_group shows its wgmmas complete. No CTA-wide barrier in
+// the main loop; up to four tiles in flight instead of two.
+//
 // Accumulator fragment (PTX ISA, wgmma "Matrix fragments for accumulator D", m64nN):
 // thread (warp w of the warpgroup, lane = 4g + t) holds d[i] at row 16w + g + 8*((i>>1)&1),
 // column 8*(i>>2) + 2t + (i&1): the mma.sync C fragment repeated over N/8 column blocks.
+#include <cuda.h>  // CUtensorMap and its enums (types only; the encoder comes from the runtime)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -45,6 +73,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/common/error.h"
 #include "kernels/cuda/convert.h"
@@ -63,6 +93,12 @@ constexpr int kBM = 128;         // rows per CTA tile
 constexpr int kBN = 256;         // accumulator columns per CTA tile
 constexpr int kBK = 64;          // K per stage (64 16-bit elements = one 128-byte swizzle row)
 constexpr int kStages = 4;
+// How the stages are filled: every thread's cp.async; TMA from thread 0 between the math;
+// TMA from a producer warpgroup beside two math warpgroups (warp-specialized).
+constexpr int kFeedCpAsync = 0;
+constexpr int kFeedTma = 1;
+constexpr int kFeedTmaWs = 2;
+constexpr int kWsThreads = kThreads + 128;  // + the producer warpgroup
 constexpr int kRowBytes = kBK * 2;                 // 128
 constexpr int kABytes = kBM * kRowBytes;           // 16 KB
 constexpr int kBBytes = kBN * kRowBytes;           // 32 KB
@@ -159,14 +195,94 @@ __device__ __forceinline__ void store_pair(float* yrow, int64_t j, float o0, flo
   }
 }
 
+// mbarrier and TMA (PTX ISA 8.0, sm_90). `bar` and `dst` are shared-space addresses.
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes the initialised barriers visible to the async proxy (the TMA unit).
+__device__ __forceinline__ void mbar_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// This thread's arrival, and `bytes` more expected by the current phase.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n"
+      "}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+// Waits for the phase of parity `parity` to complete.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  while (!mbar_try_wait(bar, parity)) {
+  }
+}
+// The same, giving up with __trap() after 10 s of the global timer (ns; not clock64, which
+// counts per SM). Only where no wgmma is in flight: a trap reachable while one is makes
+// ptxas wait for it there (warning C7517), and that wait could land on the main loop's path.
+__device__ __forceinline__ uint64_t global_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ void mbar_wait_bounded(uint32_t bar, uint32_t parity) {
+  const uint64_t start = global_ns();
+  while (!mbar_try_wait(bar, parity)) {
+    if (global_ns() - start > 10'000'000'000ull) __trap();
+  }
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Warpgroup-wide register budget changes (all four warps execute them together).
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+
 #endif  // MOEKIT_WGMMA_DEVICE || !__CUDA_ARCH__
+
+// Tensor maps of the TMA variant (unused by the cp.async one): x16 [rows, K] as a 2D map,
+// box 64 x 128; the weights [E, N, K] (w, and w_up for two matrices) as 3D maps, box
+// 64 x 128 x 1; all with the 128-byte swizzle.
+struct TmaMaps {
+  CUtensorMap x;
+  CUtensorMap w;
+  CUtensorMap w_up;
+};
 
 // ---------------------------------------------------------------------------
 // The kernel. Work units as gemm_tc_kernel<..., 128>: row tiles of 128 rows of the experts
 // with at least a.tile_min_rows rows (locate_unit); grid.y = column blocks of 256 accumulator columns.
-template <class Tag, ColMode M>
-__global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(Args a, const uint16_t* __restrict__ x16) {
+template <class Tag, ColMode M, int kFeed>
+__global__ void __launch_bounds__(kFeed == kFeedTmaWs ? kWsThreads : kThreads, 1)
+    gemm_wgmma_kernel(Args a, const uint16_t* __restrict__ x16, const __grid_constant__ TmaMaps maps) {
 #ifdef MOEKIT_WGMMA_DEVICE
+  constexpr bool kTma = kFeed != kFeedCpAsync;
   using Raw = typename Tag::Raw;
   extern __shared__ uint8_t smem_raw[];
 
@@ -177,8 +293,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(Args a, const u
   const int mrows = min(kBM, u.row_end - row0);  // >= 1
   const int64_t K = a.k;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wg = warp >> 2;  // warpgroup: tile rows 64 wg .. 64 wg + 63
-  const int wq = warp & 3;   // warp within the warpgroup: 16 of those rows
+  // Math warpgroup: tile rows 64 wg .. 64 wg + 63 (warp-specialized: warpgroup 0 is the
+  // producer, wg = -1 there, and warpgroups 1, 2 do the math).
+  const int wg = kFeed == kFeedTmaWs ? (warp >> 2) - 1 : warp >> 2;
+  const int wq = warp & 3;  // warp within the warpgroup: 16 of those rows
 
   // 1024-byte-aligned base (the swizzle pattern repeats every 1024 bytes of address).
   const uint32_t raw = smem_addr(smem_raw);
@@ -228,6 +346,103 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(Args a, const u
   for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
 
   const int nk = static_cast<int>((K + kBK - 1) / kBK);
+
+  // The four wgmmas of the tile in stage `stage`, then wait until at most one group
+  // (this tile's) is in flight.
+  auto mma_stage = [&](int stage) {
+    const uint32_t st = base + static_cast<uint32_t>(stage * kStageBytes);
+    const uint32_t a_rows = st + static_cast<uint32_t>(wg * 64 * kRowBytes);
+    const uint32_t b_rows = st + static_cast<uint32_t>(kABytes);
+    fence_acc(acc);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kBK / 16; ++ks) {
+      wgmma_k16(Tag{}, acc, smem_desc(a_rows + ks * 32), smem_desc(b_rows + ks * 32));
+    }
+    wgmma_commit();
+    wgmma_wait<1>();  // tile kt-1's group is done; tile kt's may still run
+    fence_acc(acc);
+  };
+
+  if constexpr (kTma) {
+    // Per stage: "full" = thread 0's arrival + the stage's bytes from TMA; "empty"
+    // (warp-specialized only) = an arrival of each of the 256 math threads once their
+    // wgmmas on the stage are complete.
+    __shared__ __align__(8) uint64_t full_bar[kStages];
+    __shared__ __align__(8) uint64_t empty_bar[kStages];
+    if (tid == 0) {
+#pragma unroll
+      for (int i = 0; i < kStages; ++i) {
+        mbar_init(smem_addr(&full_bar[i]), 1);
+        if (kFeed == kFeedTmaWs) mbar_init(smem_addr(&empty_bar[i]), kThreads);
+      }
+      mbar_init_fence();
+    }
+    __syncthreads();
+    // Thread 0: tile kt into stage `stage` (A rows row0.., then the two 128-row halves of B).
+    auto issue = [&](int stage, int kt) {
+      const uint32_t bar = smem_addr(&full_bar[stage]);
+      const uint32_t sa = base + static_cast<uint32_t>(stage * kStageBytes);
+      const uint32_t sb = sa + static_cast<uint32_t>(kABytes);
+      const uint32_t sb_hi = sb + static_cast<uint32_t>(128 * kRowBytes);
+      const int k0 = kt * kBK;
+      mbar_arrive_expect_tx(bar, static_cast<uint32_t>(kStageBytes));
+      tma_load_2d(sa, &maps.x, bar, k0, row0);
+      if (M == ColMode::kHalves) {
+        // Gate rows of outputs j0 .. j0 + 127, then the up rows of the same outputs.
+        const int up0 = static_cast<int>(a.two ? j0 : j0 + (a.n >> 1));
+        tma_load_3d(sb, &maps.w, bar, k0, static_cast<int>(j0), static_cast<int>(e));
+        tma_load_3d(sb_hi, &maps.w_up, bar, k0, up0, static_cast<int>(e));
+      } else {
+        tma_load_3d(sb, &maps.w, bar, k0, static_cast<int>(n0), static_cast<int>(e));
+        tma_load_3d(sb_hi, &maps.w, bar, k0, static_cast<int>(n0) + 128, static_cast<int>(e));
+      }
+    };
+    if constexpr (kFeed == kFeedTmaWs) {
+      if (warp < 4) {  // producer warpgroup: one thread issues, up to kStages tiles ahead
+        setmaxnreg_dec<40>();
+        if (tid == 0) {
+          for (int kt = 0; kt < nk; ++kt) {
+            const int st = kt % kStages;
+            // Tile kt - kStages, the stage's previous tile, released by every math thread.
+            if (kt >= kStages) mbar_wait(smem_addr(&empty_bar[st]), static_cast<uint32_t>((kt / kStages - 1) & 1));
+            issue(st, kt);
+          }
+        }
+        return;  // no epilogue; the math warpgroups use no CTA-wide barrier after this
+      }
+      setmaxnreg_inc<232>();
+      if (nk > 0) mbar_wait_bounded(smem_addr(&full_bar[0]), 0);  // time limit: see the TMA loop below
+      for (int kt = 0; kt < nk; ++kt) {
+        mbar_wait(smem_addr(&full_bar[kt % kStages]), static_cast<uint32_t>((kt / kStages) & 1));
+        __syncwarp();             // converged for the .aligned wgmma instructions
+        mma_stage(kt % kStages);  // tile kt-1's wgmmas are complete after this
+        if (kt > 0) mbar_arrive(smem_addr(&empty_bar[(kt - 1) % kStages]));
+      }
+      wgmma_wait<0>();
+      fence_acc(acc);
+    } else {
+    if (tid == 0) {
+#pragma unroll
+      for (int t = 0; t < kStages - 2; ++t) {
+        if (t < nk) issue(t, t);
+      }
+    }
+    // Tile 0 with a time limit: every stage expects the same byte count, so a wrong count
+    // would stop here first (the loop's wait on it then returns at once: stage 0's next
+    // phase is only armed at kt = 2).
+    if (nk > 0) mbar_wait_bounded(smem_addr(&full_bar[0]), 0);
+    for (int kt = 0; kt < nk; ++kt) {
+      __syncthreads();  // everyone past tile kt-2's wgmmas: its stage may be refilled
+      if (tid == 0 && kt + kStages - 2 < nk) issue((kt + kStages - 2) % kStages, kt + kStages - 2);
+      mbar_wait(smem_addr(&full_bar[kt % kStages]), static_cast<uint32_t>((kt / kStages) & 1));
+      __syncwarp();  // thread 0 issued copies and the wait may diverge: converge for wgmma
+      mma_stage(kt % kStages);
+    }
+    wgmma_wait<0>();
+    fence_acc(acc);
+    }
+  } else {
   // Prologue: tiles 0 .. S-3 (one commit group each, empty groups included, so that
   // the group count per iteration stays uniform).
 #pragma unroll
@@ -245,22 +460,12 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(Args a, const u
       if (t < nk) load_tile(t % kStages, t);  // the stage of tile kt-2
       cp_async_commit();
     }
-    const uint32_t st = base + static_cast<uint32_t>((kt % kStages) * kStageBytes);
-    const uint32_t a_rows = st + static_cast<uint32_t>(wg * 64 * kRowBytes);
-    const uint32_t b_rows = st + static_cast<uint32_t>(kABytes);
-    fence_acc(acc);
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < kBK / 16; ++ks) {
-      wgmma_k16(Tag{}, acc, smem_desc(a_rows + ks * 32), smem_desc(b_rows + ks * 32));
-    }
-    wgmma_commit();
-    wgmma_wait<1>();  // tile kt-1's group is done; tile kt's may still run
-    fence_acc(acc);
+    mma_stage(kt % kStages);
   }
   wgmma_wait<0>();
   fence_acc(acc);
   cp_async_wait<0>();  // only empty groups can remain; leave none behind
+  }
 
   // ---- epilogue: bias, activation, row scale, store (from registers).
   // NOTE: keep the second output's work inside `if (j + 1 < n_out)`: computing it
@@ -292,9 +497,15 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(Args a, const u
         yrow[j] = act_glu_rt(a.act, v0 + bias_at<Tag, M>(a, e, 0, j), v1 + bias_at<Tag, M>(a, e, 1, j), a.alpha,
                              a.limit) *
                   scale;
-      } else if ((b & 1) == 0) {  // kHalves: block b = gate, block b + 1 = up of the same outputs
-        const float u0 = acc[4 * (b + 1) + 2 * h], u1 = acc[4 * (b + 1) + 2 * h + 1];
-        const int64_t j = j0 + (b >> 1) * 8 + 2 * t;
+      } else {
+        // kHalves: gate block b with up block ub of the same outputs. cp.async tile:
+        // alternating 8-column blocks (b even = gate, b + 1 = up); TMA tile: [128 gate |
+        // 128 up] columns (b < 16 = gate, b + 16 = up).
+        const bool gate_block = kTma ? b < kBN / 16 : (b & 1) == 0;
+        if (!gate_block) continue;
+        const int ub = kTma ? b + kBN / 16 : b + 1;
+        const float u0 = acc[4 * ub + 2 * h], u1 = acc[4 * ub + 2 * h + 1];
+        const int64_t j = j0 + (kTma ? b : b >> 1) * 8 + 2 * t;
         if (j >= a.n_out) continue;
         const float o0 = act_glu_rt(a.act, v0 + bias_at<Tag, M>(a, e, 0, j), u0 + bias_at<Tag, M>(a, e, 1, j),
                                     a.alpha, a.limit) *
@@ -316,6 +527,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(Args a, const u
   // architecture list break that, fail loudly instead of leaving y unwritten.
   (void)a;
   (void)x16;
+  (void)maps;
   __trap();
 #endif
 }
@@ -352,9 +564,9 @@ bool current_device_is_sm90() {
   return c == 1;
 }
 
-template <class Tag, ColMode M>
-void launch_typed(const Args& a, const uint16_t* x16, cudaStream_t s) {
-  auto* kernel = gemm_wgmma_kernel<Tag, M>;
+template <class Tag, ColMode M, int kFeed>
+void launch_typed(const Args& a, const uint16_t* x16, const TmaMaps& maps, cudaStream_t s) {
+  auto* kernel = gemm_wgmma_kernel<Tag, M, kFeed>;
   MOEKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const int64_t rows = a.rows, experts = a.experts;
   const int64_t max_large = std::min<int64_t>(experts, rows / a.tile_min_rows);
@@ -362,17 +574,106 @@ void launch_typed(const Args& a, const uint16_t* x16, cudaStream_t s) {
   const int64_t cols_per_cta = M == ColMode::kPlain ? kBN : kBN / 2;  // outputs per column block
   const int64_t gy = (a.n_out + cols_per_cta - 1) / cols_per_cta;
   MOEKIT_CHECK(gy <= 65535, "the wgmma GEMM kernel: ", gy, " column blocks");
-  kernel<<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), kThreads, kSmemBytes, s>>>(a, x16);
+  const int threads = kFeed == kFeedTmaWs ? kWsThreads : kThreads;
+  kernel<<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), threads, kSmemBytes, s>>>(a, x16, maps);
   MOEKIT_CUDA_CHECK(cudaGetLastError());
 }
 
-template <class Tag>
-void launch_mode(const Args& a, ColMode mode, const uint16_t* x16, cudaStream_t s) {
+template <class Tag, int kFeed>
+void launch_mode(const Args& a, ColMode mode, const uint16_t* x16, const TmaMaps& maps, cudaStream_t s) {
   switch (mode) {
-    case ColMode::kPlain: return launch_typed<Tag, ColMode::kPlain>(a, x16, s);
-    case ColMode::kInterleaved: return launch_typed<Tag, ColMode::kInterleaved>(a, x16, s);
-    case ColMode::kHalves: return launch_typed<Tag, ColMode::kHalves>(a, x16, s);
+    case ColMode::kPlain: return launch_typed<Tag, ColMode::kPlain, kFeed>(a, x16, maps, s);
+    case ColMode::kInterleaved: return launch_typed<Tag, ColMode::kInterleaved, kFeed>(a, x16, maps, s);
+    case ColMode::kHalves: return launch_typed<Tag, ColMode::kHalves, kFeed>(a, x16, maps, s);
   }
+}
+
+template <class Tag>
+void launch_feed(const Args& a, ColMode mode, int feed, const uint16_t* x16, const TmaMaps& maps, cudaStream_t s) {
+  switch (feed) {
+    case kFeedTma: return launch_mode<Tag, kFeedTma>(a, mode, x16, maps, s);
+    case kFeedTmaWs: return launch_mode<Tag, kFeedTmaWs>(a, mode, x16, maps, s);
+    default: return launch_mode<Tag, kFeedCpAsync>(a, mode, x16, maps, s);
+  }
+}
+
+// MOEKIT_WGMMA_TMA: "1" feeds the wgmma kernel by TMA from thread 0, "ws" from a producer
+// warpgroup (see the file comment); anything else, cp.async. Read once.
+int feed_wanted() {
+  static const int feed = [] {
+    const char* v = std::getenv("MOEKIT_WGMMA_TMA");
+    if (v == nullptr) return kFeedCpAsync;
+    if (std::strcmp(v, "1") == 0) return kFeedTma;
+    if (std::strcmp(v, "ws") == 0) return kFeedTmaWs;
+    return kFeedCpAsync;
+  }();
+  return feed;
+}
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// The driver's cuTensorMapEncodeTiled through the runtime (no link against libcuda);
+// null when the driver lacks it. The first call may come inside a graph capture in
+// thread-local mode, so the lookup runs with this thread's capture mode relaxed.
+EncodeTiled encode_tiled() {
+  static const EncodeTiled fn = []() -> EncodeTiled {
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    const bool swapped = cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q);
+    if (swapped) {
+      cudaThreadExchangeStreamCaptureMode(&mode);
+    } else {
+      cudaGetLastError();  // not sticky; leave nothing for the next launch check to find
+    }
+    if (err != cudaSuccess || q != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return nullptr;
+    }
+    return reinterpret_cast<EncodeTiled>(p);
+  }();
+  return fn;
+}
+
+// A 16-bit tiled map with the 128-byte swizzle, box {64, 128[, 1]}: dims[0] = K
+// (contiguous), dims[1] = rows, dims[2] (rank 3) = experts. Returns false when the driver
+// rejects it.
+bool make_map(CUtensorMap* map, DType dtype, const void* base, int rank, const cuuint64_t* dims,
+              const cuuint64_t* strides_bytes) {
+  const EncodeTiled encode = encode_tiled();
+  if (encode == nullptr) return false;
+  const cuuint32_t box[3] = {static_cast<cuuint32_t>(kBK), 128u, 1u};
+  const cuuint32_t elem_strides[3] = {1u, 1u, 1u};
+  const CUtensorMapDataType type =
+      dtype == DType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  return encode(map, type, static_cast<cuuint32_t>(rank), const_cast<void*>(base), dims, strides_bytes, box,
+                elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// The three maps of the TMA variant; false (with *why set) when they cannot be made.
+bool make_maps(const Args& a, DType dtype, ColMode mode, const void* x16, TmaMaps* maps, const char** why) {
+  const int64_t lim = int64_t{1} << 31;  // TMA coordinates are 32-bit signed
+  if (a.k >= lim || a.n >= lim || a.rows >= lim || a.experts >= lim) {
+    *why = "a dimension does not fit the TMA's 32-bit coordinates";
+    return false;
+  }
+  const cuuint64_t x_dims[2] = {static_cast<cuuint64_t>(a.k), static_cast<cuuint64_t>(a.rows)};
+  const cuuint64_t x_strides[1] = {static_cast<cuuint64_t>(a.k) * 2};
+  const cuuint64_t w_dims[3] = {static_cast<cuuint64_t>(a.k), static_cast<cuuint64_t>(a.n),
+                                static_cast<cuuint64_t>(a.experts)};
+  const cuuint64_t w_strides[2] = {static_cast<cuuint64_t>(a.k) * 2, static_cast<cuuint64_t>(a.n * a.k) * 2};
+  const bool two = mode == ColMode::kHalves && a.two;
+  if (!make_map(&maps->x, dtype, x16, 2, x_dims, x_strides) || !make_map(&maps->w, dtype, a.w, 3, w_dims, w_strides) ||
+      (two && !make_map(&maps->w_up, dtype, a.w_up, 3, w_dims, w_strides))) {
+    *why = encode_tiled() == nullptr ? "the driver has no cuTensorMapEncodeTiled" : "cuTensorMapEncodeTiled rejected a map";
+    return false;
+  }
+  if (!two) maps->w_up = maps->w;  // the up rows of one matrix come from the same map
+  return true;
 }
 
 }  // namespace
@@ -407,11 +708,22 @@ bool launch_sm90_gemm(const Args& a, DType dtype, ColMode mode, cudaStream_t s) 
     cudaStream_t s;
     ~Free() { cudaFreeAsync(p, s); }
   } release{x16, s};
+  TmaMaps maps{};
+  int feed = feed_wanted();
+  if (feed != kFeedCpAsync) {
+    const char* why = nullptr;
+    if (!make_maps(a, dtype, mode, x16, &maps, &why)) {
+      // Under require an error (a test then shows which feed it checked); else cp.async.
+      if (required) fail(code::kUnsupported, "grouped_gemm (cuda): MOEKIT_WGMMA=require with MOEKIT_WGMMA_TMA but no tensor maps: ", why);
+      feed = kFeedCpAsync;
+    }
+  }
   convert_from_f32(dtype, a.x, x16, n, s);  // round to nearest even, as gemm_tc_kernel does
+  const auto* x16p = static_cast<const uint16_t*>(x16);
   if (dtype == DType::kBF16) {
-    launch_mode<TagBf16>(a, mode, static_cast<const uint16_t*>(x16), s);
+    launch_feed<TagBf16>(a, mode, feed, x16p, maps, s);
   } else {
-    launch_mode<TagF16>(a, mode, static_cast<const uint16_t*>(x16), s);
+    launch_feed<TagF16>(a, mode, feed, x16p, maps, s);
   }
   return true;
 #endif

@@ -230,6 +230,7 @@ export async function runBench(o: BenchOptions, hooks: BenchHooks = {}, timer: B
   // native side): record them so a report says which kernels its rows ran.
   const optIn: [string, string][] = [
     ['MOEKIT_WGMMA', 'wgmma grouped GEMM for 128-row tiles on compute capability 9.0'],
+    ['MOEKIT_WGMMA_TMA', 'the wgmma grouped GEMM fed by TMA'],
     ['MOEKIT_SKINNY', 'tensor-core grouped GEMM for experts with 3..16 rows'],
     ['MOEKIT_TC_STAGES', 'weight stages of the 64-row tensor-core tiles'],
     ['MOEKIT_CONCURRENT_SHARED', 'shared experts on a second stream'],

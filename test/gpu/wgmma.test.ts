@@ -4,7 +4,9 @@
  * this file runs only with MOEKIT_WGMMA=1 or =require on a compute capability 9.0 device
  * (scripts/gpu-check.sh, step "wgmma", uses require: a fallback to the mma.sync kernel
  * is then an error, so a pass is the wgmma kernel's); otherwise it is skipped with the
- * reason printed.
+ * reason printed. With MOEKIT_WGMMA_TMA=1 as well it checks the TMA-fed variant of the same
+ * kernel (scripts/gpu-check.sh, step "wgmma-tma"; its kHalves tiles order their columns
+ * differently, [128 gate | 128 up], so the halves and two-matrix cases matter there).
  *
  * Shapes aim at the kernel's edges: experts averaging >= 128 rows (the condition for
  * 128-row tiles), row counts that are not multiples of 128, empty experts and decode-sized
