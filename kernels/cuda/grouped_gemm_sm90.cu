@@ -57,7 +57,7 @@
 // instructions.
 // Warp-specialized (=ws, kFeedTmaWs): 384 threads; warpgroup 0 is the producer (registers
 // cut to 40 with setmaxnreg; its thread 0 issues tile kt into stage kt % 4 once the
-// stage's "empty" mbarrier shows that all 256 math threads have finished tile kt - 4),
+// stage's "empty" mbarrier shows that all 8 math warps have finished tile kt - 4),
 // warpgroups 1 and 2 do the math (registers raised to 232) and arrive on a stage's
 // "empty" barrier after wgmma.wait_group shows its wgmmas complete. No CTA-wide barrier in
 // the main loop; up to four tiles in flight instead of two.
@@ -99,6 +99,7 @@ constexpr int kFeedCpAsync = 0;
 constexpr int kFeedTma = 1;
 constexpr int kFeedTmaWs = 2;
 constexpr int kWsThreads = kThreads + 128;  // + the producer warpgroup
+constexpr int kMathWarps = kThreads / 32;    // warps of the two math warpgroups
 constexpr int kRowBytes = kBK * 2;                 // 128
 constexpr int kABytes = kBM * kRowBytes;           // 16 KB
 constexpr int kBBytes = kBN * kRowBytes;           // 32 KB
@@ -251,6 +252,10 @@ template <int N>
 __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
 }
+// Fetches a tensor map into the TMA unit's descriptor cache ahead of its first use.
+__device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1) {
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(dst),
@@ -278,6 +283,9 @@ struct TmaMaps {
 // ---------------------------------------------------------------------------
 // The kernel. Work units as gemm_tc_kernel<..., 128>: row tiles of 128 rows of the experts
 // with at least a.tile_min_rows rows (locate_unit); grid.y = column blocks of 256 accumulator columns.
+// NOTE: the launch bounds are load-bearing for kFeedTmaWs: they cap the kernel at 168
+// registers (65536 / 384), the count setmaxnreg's 128 x 40 + 256 x 232 re-divides; without
+// them ptxas drops setmaxnreg (warning C7508).
 template <class Tag, ColMode M, int kFeed>
 __global__ void __launch_bounds__(kFeed == kFeedTmaWs ? kWsThreads : kThreads, 1)
     gemm_wgmma_kernel(Args a, const uint16_t* __restrict__ x16, const __grid_constant__ TmaMaps maps) {
@@ -366,15 +374,15 @@ __global__ void __launch_bounds__(kFeed == kFeedTmaWs ? kWsThreads : kThreads, 1
 
   if constexpr (kTma) {
     // Per stage: "full" = thread 0's arrival + the stage's bytes from TMA; "empty"
-    // (warp-specialized only) = an arrival of each of the 256 math threads once their
-    // wgmmas on the stage are complete.
+    // (warp-specialized only) = an arrival of lane 0 of each of the 8 math warps once the
+    // warp's wgmmas on the stage are complete (wgmma.wait_group is warp-collective).
     __shared__ __align__(8) uint64_t full_bar[kStages];
     __shared__ __align__(8) uint64_t empty_bar[kStages];
     if (tid == 0) {
 #pragma unroll
       for (int i = 0; i < kStages; ++i) {
         mbar_init(smem_addr(&full_bar[i]), 1);
-        if (kFeed == kFeedTmaWs) mbar_init(smem_addr(&empty_bar[i]), kThreads);
+        if (kFeed == kFeedTmaWs) mbar_init(smem_addr(&empty_bar[i]), kMathWarps);
       }
       mbar_init_fence();
     }
@@ -402,6 +410,9 @@ __global__ void __launch_bounds__(kFeed == kFeedTmaWs ? kWsThreads : kThreads, 1
       if (warp < 4) {  // producer warpgroup: one thread issues, up to kStages tiles ahead
         setmaxnreg_dec<40>();
         if (tid == 0) {
+          tma_prefetch_map(&maps.x);
+          tma_prefetch_map(&maps.w);
+          tma_prefetch_map(&maps.w_up);
           for (int kt = 0; kt < nk; ++kt) {
             const int st = kt % kStages;
             // Tile kt - kStages, the stage's previous tile, released by every math thread.
@@ -417,7 +428,7 @@ __global__ void __launch_bounds__(kFeed == kFeedTmaWs ? kWsThreads : kThreads, 1
         mbar_wait(smem_addr(&full_bar[kt % kStages]), static_cast<uint32_t>((kt / kStages) & 1));
         __syncwarp();             // converged for the .aligned wgmma instructions
         mma_stage(kt % kStages);  // tile kt-1's wgmmas are complete after this
-        if (kt > 0) mbar_arrive(smem_addr(&empty_bar[(kt - 1) % kStages]));
+        if (kt > 0 && lane == 0) mbar_arrive(smem_addr(&empty_bar[(kt - 1) % kStages]));
       }
       wgmma_wait<0>();
       fence_acc(acc);
