@@ -99,7 +99,6 @@ constexpr int kFeedCpAsync = 0;
 constexpr int kFeedTma = 1;
 constexpr int kFeedTmaWs = 2;
 constexpr int kWsThreads = kThreads + 128;  // + the producer warpgroup
-constexpr int kMathWarps = kThreads / 32;    // warps of the two math warpgroups
 constexpr int kRowBytes = kBK * 2;                 // 128
 constexpr int kABytes = kBM * kRowBytes;           // 16 KB
 constexpr int kBBytes = kBN * kRowBytes;           // 32 KB
@@ -291,6 +290,7 @@ __global__ void __launch_bounds__(kFeed == kFeedTmaWs ? kWsThreads : kThreads, 1
     gemm_wgmma_kernel(Args a, const uint16_t* __restrict__ x16, const __grid_constant__ TmaMaps maps) {
 #ifdef MOEKIT_WGMMA_DEVICE
   constexpr bool kTma = kFeed != kFeedCpAsync;
+  constexpr int kMathWarps = kThreads / 32;  // warps of the two math warpgroups (kFeedTmaWs)
   using Raw = typename Tag::Raw;
   extern __shared__ uint8_t smem_raw[];
 
