@@ -44,6 +44,11 @@ export interface Runtime {
   cudaUnavailableReason: string | null;
   /** Threads the CPU backend uses (MOEKIT_NUM_THREADS, else the core count). */
   cpuThreads: number;
+  /**
+   * SIMD path of the CPU grouped GEMM: the widest this CPU has ('avx512', 'avx2', else
+   * 'scalar'), at most MOEKIT_CPU_ISA when that is set.
+   */
+  cpuIsa: 'avx512' | 'avx2' | 'scalar';
 }
 
 /** Reports the binary's build and the devices usable on this machine. */
@@ -57,6 +62,7 @@ export function runtime(): Runtime {
     cudaRuntimeVersion: r.cudaRuntimeVersion,
     cudaUnavailableReason: r.cudaUnavailableReason,
     cpuThreads: r.cpuThreads,
+    cpuIsa: r.cpuIsa as Runtime['cpuIsa'],
   };
 }
 

@@ -5,6 +5,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { checkEnvironment } from './env';
 import { MoekitError } from './errors';
 
 /** Raw handle of a native tensor (native/tensor.cc). */
@@ -27,6 +28,7 @@ export interface RawRuntime {
   cudaUnavailableReason: string | null;
   devices: { index: number; name: string; computeCapability: string; memoryBytes: number; multiprocessors: number }[];
   cpuThreads: number;
+  cpuIsa: string;
 }
 
 /** The addon's exports. Op functions take a params object built by lib/ops.ts. */
@@ -47,9 +49,14 @@ export const packageRoot = path.resolve(__dirname, '..');
 
 let binding: NativeBinding | undefined;
 
-/** The loaded addon; loads it on first use. Throws MoekitError ERR_LOAD with fixes when it cannot. */
+/**
+ * The loaded addon; loads it on first use. Throws MoekitError ERR_LOAD with fixes when it
+ * cannot, and ERR_INVALID_ARGUMENT when a MOEKIT_* variable the native side reads has a
+ * value it does not understand (env.ts).
+ */
 export function native(): NativeBinding {
   if (binding === undefined) {
+    checkEnvironment();
     binding = load();
     binding.setErrorClass(MoekitError);
   }

@@ -2,6 +2,7 @@
 // Nothing here computes; it translates between JavaScript and the kernels core.
 #include <napi.h>
 
+#include "kernels/cpu/grouped_gemm.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/cuda/cuda_runtime.h"
 #include "native/errors.h"
@@ -42,6 +43,7 @@ Napi::Value runtime(const Napi::CallbackInfo& info) {
     }
     o.Set("devices", devices);
     o.Set("cpuThreads", cpu::num_threads());
+    o.Set("cpuIsa", cpu::grouped_gemm_isa());
     return o;
   });
 }

@@ -465,7 +465,7 @@ const Isa& select_isa() {
   const bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   std::string cap = "avx512";
-  if (const char* env = std::getenv("MOEKIT_CPU_ISA")) cap = env;
+  if (const char* env = std::getenv("MOEKIT_CPU_ISA"); env != nullptr && *env != '\0') cap = env;  // "" = unset
   if (has_avx512 && cap == "avx512") return kAvx512Isa;
   if (has_avx2 && (cap == "avx512" || cap == "avx2")) return kAvx2Isa;
 #endif
