@@ -11,12 +11,14 @@ describe('runtime()', () => {
     expect(typeof r.cudaDriverVersion).toBe('number');
     expect(typeof r.cudaRuntimeVersion).toBe('number');
     expect(r.cpuThreads).toBeGreaterThanOrEqual(1);
-    // The CPU GEMM's SIMD path: at most what MOEKIT_CPU_ISA asks for (test/isa.test.ts sets it).
+    // The CPU GEMM's SIMD path: at most what MOEKIT_CPU_ISA asks for (test/cpu-paths.test.ts sets it).
     const order = ['scalar', 'avx2', 'avx512'];
     expect(order).toContain(r.cpuIsa);
     const cap = process.env.MOEKIT_CPU_ISA;
     if (cap) expect(order.indexOf(r.cpuIsa)).toBeLessThanOrEqual(order.indexOf(cap));
     if (process.env.MOEKIT_EXPECT_CPU_ISA) expect(r.cpuIsa).toBe(process.env.MOEKIT_EXPECT_CPU_ISA);
+    // test/cpu-paths.test.ts also sets the thread count.
+    if (process.env.MOEKIT_NUM_THREADS) expect(r.cpuThreads).toBe(Number(process.env.MOEKIT_NUM_THREADS));
     if (r.devices.length === 0) {
       expect(r.backends).toEqual(['cpu']);
       expect(typeof r.cudaUnavailableReason).toBe('string');

@@ -69,11 +69,19 @@ describe('groupedGemm() matches the reference within float32 accumulation error'
   for (const c of cases) {
     test(c.name, async () => {
       const rng = new Rng(seed ^ 0x5bd1);
-      for (const [E, K, N] of [[1, 72, 80], [4, 200, 2 * 40], [7, 33, 2 * 17], [3, 1, 2]] as const) {
+      // The last two shapes give every expert decode-sized groups (1..4 rows) with K long
+      // enough that the [E, K, N] decode path splits K into slices (>= 128 rows each) and
+      // sums them (2 or 3 slices on two threads; test/cpu-paths.test.ts reruns this file
+      // with 13 threads: up to 7).
+      const shapes: [number, number, number, number[] | null][] = [
+        [1, 72, 80, null], [4, 200, 2 * 40, null], [7, 33, 2 * 17, null], [3, 1, 2, null],
+        [3, 1000, 2 * 40, [1, 4, 3]], [2, 520, 2 * 24 + 2, [2, 1]],
+      ];
+      for (const [E, K, N, fixed] of shapes) {
         for (const act of c.sep ? (['swiglu', 'geglu'] as Activation[]) : ACTS) {
           if (!c.sep && activationIsGlu(act) && N % 2 !== 0) continue;
           // Skewed groups: one expert gets most rows, one is empty.
-          const sizes = Array.from({ length: E }, (_, e) => (e === 0 ? rng.int(0, 40) : e === 1 ? 0 : rng.int(0, 9)));
+          const sizes = fixed ?? Array.from({ length: E }, (_, e) => (e === 0 ? rng.int(0, 40) : e === 1 ? 0 : rng.int(0, 9)));
           const offsets = new Int32Array(E + 1);
           for (let e = 0; e < E; e++) offsets[e + 1] = offsets[e] + sizes[e];
           const rows = offsets[E] + 2; // two rows no expert covers
