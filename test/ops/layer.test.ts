@@ -186,18 +186,33 @@ describe('forced routing (routing replay)', () => {
       ids[t * k + 1] = t % 5 === 0 ? -1 : (ids[t * k] + 1 + rng.int(0, E - 1)) % E;
     }
     const fw = roundTo(Float64Array.from({ length: T * k }, () => rng.uniform()), 'f32');
-    const layer = new MoELayer({ hidden: H, intermediate: I, experts: E, routing: { k, renormalize: true } }, { router: tensor(router, [E, H]), gateUp: tensor(w1, [E, 2 * I, H]), down: tensor(w2, [E, H, I]) });
+    const weights = { router: tensor(router, [E, H]), gateUp: tensor(w1, [E, 2 * I, H]), down: tensor(w2, [E, H, I]) };
     const experts = { activation: 'swiglu' as const, w1, n1: 2 * I, w2 };
-    for (const withWeights of [true, false]) {
-      const ref = refMoELayer(x, T, H, { routerWeight: router, gating: { experts: E, k, renormalize: true }, experts, forced: { ids, k, weights: withWeights ? fw : undefined } });
-      const { output, routing } = await layer.forward(tensor(x, [T, H]), {
-        returnRouting: true,
-        forcedIds: Tensor.from(ids, [T, k]),
-        ...(withWeights ? { forcedWeights: tensor(fw, [T, k]) } : {}),
-      });
-      expect(Array.from(routing.ids.toArraySync() as Int32Array)).toEqual(Array.from(ids));
-      expect(Array.from(routing.load.toArraySync() as Int32Array)).toEqual(Array.from(ref.load));
-      compareOutput(output.toFloat32Sync(), ref.out, T, H, 'f32', undefined, `forced, weights given: ${withWeights}`);
+    // Weights from the router at the forced ids, as each scoring and selection computes them
+    // (softmax over the row; sigmoid and sqrt-softplus per id, with and without renormalisation
+    // and scaling; softmax over the forced ids' logits).
+    const routings: RoutingOptions[] = [
+      { k, renormalize: true },
+      { k, scoring: 'sigmoid', renormalize: true, routedScaling: 2.5 },
+      { k, scoring: 'sigmoid', renormalize: false },
+      { k, scoring: 'sqrt-softplus', renormalize: true },
+      { k, selection: 'topk-logits-softmax' },
+    ];
+    const layer = new MoELayer({ hidden: H, intermediate: I, experts: E, routing: routings[0] }, weights);
+    for (const routing of routings) {
+      const l = routing === routings[0] ? layer : new MoELayer({ hidden: H, intermediate: I, experts: E, routing }, weights);
+      const gating = { experts: E, k, scoring: routing.scoring, selection: routing.selection, renormalize: routing.renormalize, routedScaling: routing.routedScaling };
+      for (const withWeights of routing === routings[0] ? [true, false] : [false]) {
+        const ref = refMoELayer(x, T, H, { routerWeight: router, gating, experts, forced: { ids, k, weights: withWeights ? fw : undefined } });
+        const got = await l.forward(tensor(x, [T, H]), {
+          returnRouting: true,
+          forcedIds: Tensor.from(ids, [T, k]),
+          ...(withWeights ? { forcedWeights: tensor(fw, [T, k]) } : {}),
+        });
+        expect(Array.from(got.routing.ids.toArraySync() as Int32Array)).toEqual(Array.from(ids));
+        expect(Array.from(got.routing.load.toArraySync() as Int32Array)).toEqual(Array.from(ref.load));
+        compareOutput(got.output.toFloat32Sync(), ref.out, T, H, 'f32', undefined, `forced, ${JSON.stringify(routing)}, weights given: ${withWeights}`);
+      }
     }
     await expect(layer.forward(tensor(x, [T, H]), { forcedIds: Tensor.from(new Int32Array(T * k).fill(8), [T, k]) })).rejects.toThrow(
       /Expected expert ids in \[-1, 8\) for options.forcedIds but received "8 at \[0, 0\]"/,

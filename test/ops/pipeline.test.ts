@@ -65,6 +65,7 @@ describe('groupedGemm() matches the reference within float32 accumulation error'
     { name: 'bf16 [E,K,N]', dtype: 'bf16', layout: 'ekn' },
     { name: 'bf16 separate gate and up with biases', dtype: 'bf16', layout: 'enk', sep: true, bias: true },
     { name: 'f32 separate gate and up with only an up bias', dtype: 'f32', layout: 'enk', sep: true, upBiasOnly: true },
+    { name: 'bf16 [E,K,N] separate gate and up with biases', dtype: 'bf16', layout: 'ekn', sep: true, bias: true },
   ];
   for (const c of cases) {
     test(c.name, async () => {
