@@ -20,6 +20,7 @@ Usage (after `npm install`; numpy with OpenBLAS; not part of the package or the 
 import argparse
 import json
 import os
+import re
 import platform
 import sys
 import time
@@ -48,7 +49,13 @@ def main():
             report = json.load(f)
     except (OSError, ValueError) as e:
         sys.exit(f"openblas-baseline: cannot read report {args.report}: {e}")
-    rows = [r for r in report.get("rows", []) if r.get("op") in ("gemm-up", "gemm-down") and r.get("status") == "ok"]
+    device = report.get("device") or {}
+    if device.get("kind") != "cpu":
+        sys.exit(f"openblas-baseline: the report is from {device.get('name', 'an unknown device')}; compare a CPU report (--device cpu)")
+    m = re.search(r"(\d+) threads", device.get("name", ""))
+    if m and int(m.group(1)) != args.threads:
+        print(f"openblas-baseline: warning: moekit ran {m.group(1)} threads, OpenBLAS gets {args.threads} (--threads)", file=sys.stderr)
+    rows = [r for r in report.get("rows", []) if r.get("op") in ("gemm-up", "gemm-down") and r.get("status") == "ok" and r.get("ms")]
     if not rows:
         sys.exit("openblas-baseline: the report has no gemm-up/gemm-down rows that ran (run moekit bench with --op gemm)")
     missing = [r for r in rows if not isinstance(r.get("expertRows"), list)]
@@ -56,26 +63,30 @@ def main():
         sys.exit("openblas-baseline: the report's rows have no expertRows (made by an older moekit bench)")
 
     rng = np.random.default_rng(1)
-    weights = {}  # (preset, op) -> f32 [E, N, K]
+    weights = {}  # op -> f32 [E, N, K] of the current preset (both ops: rows alternate between them)
+    current = [None]
 
     def weight(r):
-        key = (r["preset"], r["op"])
-        if key not in weights:
+        if current[0] != r["preset"]:
             weights.clear()  # one preset's weights at a time
+            current[0] = r["preset"]
+        if r["op"] not in weights:
             H, I, E = r["hidden"], r["intermediate"], r["experts"]
             N, K = (2 * I, H) if r["op"] == "gemm-up" else (H, I)
             w = np.empty((E, N, K), dtype=np.float32)
             for e in range(E):
                 w[e] = rng.standard_normal((N, K), dtype=np.float32) * (1.0 / K ** 0.5)
-            weights[key] = w
-        return weights[key]
+            weights[r["op"]] = w
+        return weights[r["op"]]
 
     out = []
-    print(f"OpenBLAS: {np.show_config.__module__ and np.__version__} numpy, {args.threads} threads; "
+    blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    print(f"numpy {np.__version__} with {blas.get('name', 'unknown BLAS')} {blas.get('version', '')}, {args.threads} threads; "
           f"{platform.processor() or platform.machine()}; moekit report {report.get('date')} on {report['device']['name']}")
     hdr = f"{'preset':<14} {'op':<10} {'T':>5} {'experts':>7} {'moekit ms':>10} {'OpenBLAS ms':>11} {'moekit GF/s':>11} {'OpenBLAS GF/s':>13} {'ratio':>6}"
     print(hdr)
     for r in rows:
+        w = None  # let a previous preset's weights go before the next are made
         w = weight(r)
         E, N, K = w.shape
         counts = r["expertRows"]

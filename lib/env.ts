@@ -21,8 +21,9 @@ const oneOf = (...choices: string[]): EnvRule => ({
 /** Every variable the native side reads, with the values it understands. */
 export const ENV_RULES: Readonly<Record<string, EnvRule>> = {
   MOEKIT_NUM_THREADS: {
-    expected: 'an integer from 1 to 1024 (or unset: the core count)',
-    ok: (v) => /^[1-9][0-9]{0,3}$/.test(v) && Number(v) <= 1024,
+    // As the native reader: 0 = the core count, above 1024 = 1024.
+    expected: 'a whole number of threads (0 or unset: the core count; at most 1024 are used)',
+    ok: (v) => /^[0-9]+$/.test(v.trim()),
   },
   MOEKIT_CPU_ISA: oneOf('avx512', 'avx2', 'scalar'),
   MOEKIT_WGMMA: oneOf('0', '1', 'require'),

@@ -49,12 +49,16 @@ describe('the CPU backend on the paths this machine does not pick', () => {
         env,
         encoding: 'utf8',
         maxBuffer: 64 << 20,
+        // A synchronous call cannot be timed out by jest: bound it here (a deadlock in the
+        // child's thread pool must fail this test, not hang the suite).
+        timeout: 600_000,
+        killSignal: 'SIGKILL',
       });
       let report: JestReport;
       try {
         report = JSON.parse(fs.readFileSync(out, 'utf8')) as JestReport;
       } catch {
-        throw new Error(`the child jest run (${run.label}) wrote no report; exit ${r.status}, signal ${r.signal}\n${(r.stderr ?? '').slice(-4000)}`);
+        throw new Error(`the child jest run (${run.label}) wrote no report; exit ${r.status}, signal ${r.signal}${r.error ? `, ${r.error.message}` : ''}\n${(r.stderr ?? '').slice(-4000)}`);
       } finally {
         fs.rmSync(path.dirname(out), { recursive: true, force: true });
       }

@@ -3,7 +3,7 @@ import { MoekitError } from '../lib';
 import { ENV_RULES, checkEnvironment } from '../lib/env';
 
 const GOOD: Record<string, string[]> = {
-  MOEKIT_NUM_THREADS: ['1', '2', '64', '1024'],
+  MOEKIT_NUM_THREADS: ['0', '1', '2', '08', ' 4', '64', '1024', '5000'],
   MOEKIT_CPU_ISA: ['avx512', 'avx2', 'scalar'],
   MOEKIT_WGMMA: ['0', '1', 'require'],
   MOEKIT_WGMMA_TMA: ['0', '1', 'ws'],
@@ -12,7 +12,7 @@ const GOOD: Record<string, string[]> = {
   MOEKIT_CONCURRENT_SHARED: ['0', '1'],
 };
 const BAD: Record<string, string[]> = {
-  MOEKIT_NUM_THREADS: ['0', '-1', '1025', '2.5', '8abc', ' 4', 'four', '01'],
+  MOEKIT_NUM_THREADS: ['-1', '2.5', '8abc', 'four', '1e3', '+4'],
   MOEKIT_CPU_ISA: ['avx512f', 'AVX2', 'sse4', 'none'],
   MOEKIT_WGMMA: ['yes', 'true', 'on', 'required', '2'],
   MOEKIT_WGMMA_TMA: ['WS', 'warp', '2', 'true'],
@@ -67,6 +67,10 @@ describe('checkEnvironment()', () => {
     } finally {
       if (saved === undefined) delete process.env.MOEKIT_WGMMA;
       else process.env.MOEKIT_WGMMA = saved;
+      // The isolated copy of lib handed the (process-wide) addon its own MoekitError class:
+      // hand it this file's again, so native errors of later tests are instances of it.
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      (require('../lib/native') as typeof import('../lib/native')).native().setErrorClass(MoekitError);
     }
   });
 });

@@ -72,8 +72,8 @@ describe('groupedGemm() matches the reference within float32 accumulation error'
       const rng = new Rng(seed ^ 0x5bd1);
       // The last two shapes give every expert decode-sized groups (1..4 rows) with K long
       // enough that the [E, K, N] decode path splits K into slices (>= 128 rows each) and
-      // sums them (2 or 3 slices on two threads; test/cpu-paths.test.ts reruns this file
-      // with 13 threads: up to 7).
+      // sums them (3 and 4 slices on two threads; test/cpu-paths.test.ts reruns this file
+      // with 13 threads: up to 7 and 4).
       const shapes: [number, number, number, number[] | null][] = [
         [1, 72, 80, null], [4, 200, 2 * 40, null], [7, 33, 2 * 17, null], [3, 1, 2, null],
         [3, 1000, 2 * 40, [1, 4, 3]], [2, 520, 2 * 24 + 2, [2, 1]],
