@@ -72,8 +72,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -831,10 +829,7 @@ void launch_generic(const Args& a, cudaStream_t stream, bool small_gemv = true) 
 // MOEKIT_TC_STAGES=3: the 64-row tensor-core tiles keep 3 weight stages in flight instead
 // of 2 (opt-in until run on a GPU); read once per process.
 int tc_weight_stages() {
-  static const int stages = [] {
-    const char* v = std::getenv("MOEKIT_TC_STAGES");
-    return v != nullptr && std::strcmp(v, "3") == 0 ? 3 : 2;
-  }();
+  static const int stages = env_choice("MOEKIT_TC_STAGES", {"2", "3"}) == 1 ? 3 : 2;
   return stages;
 }
 

@@ -11,9 +11,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
+#include "kernels/common/env.h"
 #include "kernels/common/grouped_gemm_params.h"
 
 namespace moekit::cuda::gg {
@@ -451,16 +450,10 @@ __device__ __forceinline__ void store_mma_tile(const Args& a, int64_t e, int64_t
 // ---------------------------------------------------------------------------
 // Opt-in kernels, host side.
 
-// The value of an opt-in kernel's environment variable (MOEKIT_WGMMA, MOEKIT_SKINNY):
-// 1 for "1" (use the kernel where it applies), 2 for "require" (also make every decline an
-// error, for test runs), 0 otherwise. Callers read it once per process.
-inline int opt_in_mode(const char* variable) {
-  const char* v = std::getenv(variable);
-  if (v == nullptr) return 0;
-  if (std::strcmp(v, "1") == 0) return 1;
-  if (std::strcmp(v, "require") == 0) return 2;
-  return 0;
-}
+// An opt-in kernel's environment variable (MOEKIT_WGMMA, MOEKIT_SKINNY): 0 off, 1 for "1"
+// (use the kernel where it applies), 2 for "require" (also make every decline an error, for
+// test runs). Callers read it once per process.
+inline int opt_in_mode(const char* variable) { return env_choice(variable, {"0", "1", "require"}); }
 
 // The Hopper path (grouped_gemm_sm90.cu).
 

@@ -73,8 +73,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "kernels/common/error.h"
 #include "kernels/cuda/convert.h"
@@ -611,13 +609,8 @@ void launch_feed(const Args& a, ColMode mode, int feed, const uint16_t* x16, con
 // MOEKIT_WGMMA_TMA: "1" feeds the wgmma kernel by TMA from thread 0, "ws" from a producer
 // warpgroup (see the file comment); anything else, cp.async. Read once.
 int feed_wanted() {
-  static const int feed = [] {
-    const char* v = std::getenv("MOEKIT_WGMMA_TMA");
-    if (v == nullptr) return kFeedCpAsync;
-    if (std::strcmp(v, "1") == 0) return kFeedTma;
-    if (std::strcmp(v, "ws") == 0) return kFeedTmaWs;
-    return kFeedCpAsync;
-  }();
+  static_assert(kFeedCpAsync == 0 && kFeedTma == 1 && kFeedTmaWs == 2, "the choices' order");
+  static const int feed = env_choice("MOEKIT_WGMMA_TMA", {"0", "1", "ws"});
   return feed;
 }
 

@@ -3,12 +3,11 @@
 // pool (cudaMallocAsync) and nothing waits on the host.
 #include <cuda_runtime.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <optional>
 #include <vector>
 
 #include "kernels/common/dispatch_params.h"
+#include "kernels/common/env.h"
 #include "kernels/common/error.h"
 #include "kernels/cuda/combine.h"
 #include "kernels/cuda/convert.h"
@@ -162,10 +161,7 @@ void shared_experts(const MoELayerParams& p, const float* x, const int32_t* all_
 // the router, gating, dispatch and routed experts (they need only x). Opt-in until run on
 // a GPU; read once per process.
 bool concurrent_shared_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("MOEKIT_CONCURRENT_SHARED");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }();
+  static const bool on = env_choice("MOEKIT_CONCURRENT_SHARED", {"0", "1"}) == 1;
   return on;
 }
 
