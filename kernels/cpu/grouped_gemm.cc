@@ -9,9 +9,10 @@
 // kMR-row groups and a kMR x (2 vectors) register-tiled FMA microkernel
 // accumulates over K in blocks. The epilogue (bias, activation, row scale)
 // runs once per output element. Groups of an [N, K] weight with few rows skip
-// the W transpose: up to kDotMaxRows rows take a dot-product path (vectors along
-// K, each W row streamed once), up to kRowsTMax rows a path whose vectors run
-// along the x rows with W elements broadcast from a float copy of a K chunk.
+// the W transpose: up to Isa::dot_max_rows rows take a dot-product path (vectors
+// along K, each W row streamed once, the rows in passes of a few), up to
+// kRowsTMax rows a path whose vectors run along the x rows with W elements
+// broadcast from a float copy of a K chunk.
 #include "kernels/cpu/grouped_gemm.h"
 
 #include <algorithm>
@@ -60,9 +61,13 @@ enum class ColumnMode {
 
 constexpr int kMaxBlockPanels = 64;  // panels per GEMM work item, at most
 constexpr int kGemvMaxRows = 4;      // rows per expert served by the [K, N] decode path
-// NOTE: on Zen 4 the dot-product path beat the few-rows path up to 6 rows, and the
-// few-rows path beat the packed GEMM up to 64 rows (bf16, K = 768..2048).
-constexpr int kDotMaxRows = 6;       // rows per expert served by the [N, K] dot-product path
+// NOTE: on Zen 4 (bf16, K = 768..14336) the dot-product path in passes of at most 6
+// rows beat the few-rows path up to 24 rows per expert (1.1-1.6x from 7 to 24 rows,
+// even at 16 where the few-rows path pads nothing) and lost from 32 rows at K = 768;
+// the few-rows path beats the packed GEMM up to 64 rows. With AVX2's 16 registers
+// a pass holds 2 rows (4 W rows per step), which beat the few-rows path up to 12
+// rows. The limits are per ISA (Isa::dot_max_rows, Isa::dot_chunk_rows).
+constexpr int kDotChunkMax = 8;      // rows per pass of the [N, K] dot-product path, at most
 constexpr int kDotColsMax = 8;       // W rows per step of that path, at most
 // NOTE: up to 16 rows the W stream dominates; a wide, shallow W block keeps the
 // rows being packed long and contiguous (for [K, N] weights).
@@ -122,6 +127,7 @@ struct Item {
   int64_t panel0;  // first panel
   int64_t panels;  // panels (<= kMaxBlockPanels for kGemm)
   int64_t kc;      // kGemm: K slice per packed block
+  int64_t chunk;   // kGemvRows: rows per pass (1..kDotChunkMax)
   int64_t k0, k1;  // kStreamRows: this item's K slice
   int64_t slice;   // kStreamRows: index of the K slice, of `slices`
   int64_t slices;
@@ -159,6 +165,8 @@ struct Isa {
   const char* name;
   int width;  // floats per vector
   int mr;     // microkernel rows
+  int dot_max_rows;    // rows per expert served by the [N, K] dot-product path
+  int dot_chunk_rows;  // rows per pass of that path
   RunItemFn run_item;
 };
 
@@ -453,12 +461,12 @@ struct VH {
 // ---------------------------------------------------------------------------
 // Dispatch
 
-const Isa kScalarIsa{"scalar", scalar_isa::V::kWidth, scalar_isa::V::kMR, &scalar_isa::run_item};
+const Isa kScalarIsa{"scalar", scalar_isa::V::kWidth, scalar_isa::V::kMR, 6, 6, &scalar_isa::run_item};
 
 const Isa& select_isa() {
 #if MOEKIT_GG_X86
-  static const Isa kAvx2Isa{"avx2", avx2_isa::V::kWidth, avx2_isa::V::kMR, &avx2_isa::run_item};
-  static const Isa kAvx512Isa{"avx512", avx512_isa::V::kWidth, avx512_isa::V::kMR, &avx512_isa::run_item};
+  static const Isa kAvx2Isa{"avx2", avx2_isa::V::kWidth, avx2_isa::V::kMR, 12, 2, &avx2_isa::run_item};
+  static const Isa kAvx512Isa{"avx512", avx512_isa::V::kWidth, avx512_isa::V::kMR, 24, 6, &avx512_isa::run_item};
   __builtin_cpu_init();
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                         __builtin_cpu_supports("f16c");
@@ -553,7 +561,7 @@ Plan make_plan(const GroupedGemmParams& p, const Problem& pr, const Isa& is, int
     const int64_t row0 = p.offsets[e];
     const int64_t m = p.offsets[e + 1] - row0;
     if (m == 0) continue;
-    if (m <= kDotMaxRows && pr.layout == WeightLayout::kENK) {
+    if (m <= is.dot_max_rows && pr.layout == WeightLayout::kENK) {
       const int64_t np = (kGemvCols + panel_w - 1) / panel_w;
       for (int64_t p0 = 0; p0 < panels; p0 += np) {
         Item it{};
@@ -563,9 +571,10 @@ Plan make_plan(const GroupedGemmParams& p, const Problem& pr, const Isa& is, int
         it.rows = m;
         it.panel0 = p0;
         it.panels = std::min(np, panels - p0);
+        it.chunk = std::min(is.dot_chunk_rows, kDotChunkMax);
         plan.items.push_back(it);
       }
-      plan.scratch_floats = std::max<int64_t>(plan.scratch_floats, (kDotMaxRows + 1) * panel_w);
+      plan.scratch_floats = std::max<int64_t>(plan.scratch_floats, (kDotChunkMax + 1) * panel_w);
       continue;
     }
     if (m <= kRowsTMax && pr.layout == WeightLayout::kENK) {
