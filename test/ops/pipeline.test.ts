@@ -75,7 +75,7 @@ describe('groupedGemm() matches the reference within float32 accumulation error'
       // sums them (3 and 4 slices on two threads; test/cpu-paths.test.ts reruns this file
       // with 13 threads: up to 7 and 4). The last two put group sizes on both sides of
       // the [E, N, K] dot-product path's limits (AVX-512: up to 24 rows in passes of at
-      // most 6; AVX2: up to 12 in passes of 2), so passes of unequal size and the
+      // most 6; AVX2: up to 12 in passes of at most 5), so passes of unequal size and the
       // hand-over to the few-rows path all run.
       const shapes: [number, number, number, number[] | null][] = [
         [1, 72, 80, null], [4, 200, 2 * 40, null], [7, 33, 2 * 17, null], [3, 1, 2, null],
