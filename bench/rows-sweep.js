@@ -6,9 +6,10 @@
  *
  *   node bench/rows-sweep.js [--experts 32] [--k 2048] [--n 768] [--act swiglu|none]
  *                            [--rows 1,2,4,6,7,8,12,16,24,32] [--dtype bf16] [--repeats 7]
- *                            [--device cpu]
+ *                            [--device cpu] [--layout enk|ekn]
  *
- * W is [E, 2n, K] for a GLU activation (gate and up halves), else [E, n, K]. Prints the
+ * W is [E, 2n, K] for a GLU activation (gate and up halves), else [E, n, K]; [E, K, ...]
+ * with --layout ekn. Prints the
  * median of the timed calls, GFLOP/s and the weight bytes read per second. Compare two
  * builds by running it with MOEKIT_BINARY pointing at each, alternately.
  */
@@ -39,15 +40,17 @@ async function main() {
   const act = arg('act', 'swiglu');
   const dtype = arg('dtype', 'bf16');
   const device = arg('device', 'cpu');
+  const layout = arg('layout', 'enk');
+  if (layout !== 'enk' && layout !== 'ekn') throw new Error(`--layout: expected enk or ekn, got ${layout}`);
   const repeats = int('repeats', 7);
   const rowsList = arg('rows', '1,2,4,6,7,8,12,16,24,32').split(',').map(Number);
   if (rowsList.some((r) => !Number.isInteger(r) || r < 1)) throw new Error(`--rows: expected positive integers, got ${arg('rows')}`);
   const wRows = act === 'none' ? N : 2 * N;
   const wData = new Float32Array(E * wRows * K);
   for (let i = 0; i < wData.length; i++) wData[i] = Math.sin(i * 0.37) / Math.sqrt(K);
-  const w = await onDevice(Tensor.from(wData, [E, wRows, K], dtype), device);
+  const w = await onDevice(Tensor.from(wData, layout === 'enk' ? [E, wRows, K] : [E, K, wRows], dtype), device);
   const bytesPerWeight = dtype === 'f32' ? 4 : 2;
-  console.log(`E ${E}, K ${K}, W rows ${wRows} (${act}), ${dtype}, ${device}, median of ${repeats}`);
+  console.log(`E ${E}, K ${K}, W rows ${wRows} (${act}), ${layout}, ${dtype}, ${device}, median of ${repeats}`);
   for (const m of rowsList) {
     const rows = E * m;
     const xData = new Float32Array(rows * K);
@@ -56,7 +59,7 @@ async function main() {
     for (let e = 0; e <= E; e++) offsets[e] = e * m;
     const x = await onDevice(Tensor.from(xData, [rows, K]), device);
     const off = await onDevice(Tensor.from(offsets, [E + 1]), device);
-    const run = async () => (await groupedGemm(x, off, w, { activation: act })).dispose();
+    const run = async () => (await groupedGemm(x, off, w, { activation: act, layout })).dispose();
     for (let i = 0; i < 2; i++) await run();
     const times = [];
     for (let i = 0; i < repeats; i++) {
