@@ -16,17 +16,30 @@ export function bf16Bits(x: number, f: Float32Array, u: Uint32Array): number {
   return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-/** f32 → f16 bits for |x| < 65504; values below the normal range flush to ±0. */
+/** Rounds half-way cases to the even neighbour (v >= 0). */
+function roundHalfEven(v: number): number {
+  const f = Math.floor(v);
+  const d = v - f;
+  return d > 0.5 || (d === 0.5 && f % 2 === 1) ? f + 1 : f;
+}
+
+/** f32 → f16 bits, rounding to nearest even; subnormals kept, overflow to ±inf, NaN to 0x7e00. */
 export function f16Bits(x: number): number {
-  const sign = x < 0 ? 0x8000 : 0;
+  if (Number.isNaN(x)) return 0x7e00;
+  const sign = x < 0 || Object.is(x, -0) ? 0x8000 : 0;
   const a = Math.abs(x);
-  if (a < 6.103515625e-5) return sign;
+  // NOTE: one f16 subnormal step is 2^-24; a carry out of the subnormal range gives the
+  // smallest normal's bits (0x0400) by itself.
+  if (a < 2 ** -14) return sign | roundHalfEven(a * 2 ** 24);
   let e = Math.floor(Math.log2(a));
-  let m = Math.round((a / Math.pow(2, e) - 1) * 1024);
+  if (2 ** e > a) e--; // Math.log2 may round across a power of two
+  else if (2 ** (e + 1) <= a) e++;
+  let m = roundHalfEven((a / 2 ** e - 1) * 1024); // exact in float64 for f32 inputs
   if (m === 1024) {
     m = 0;
     e++;
   }
+  if (e > 15) return sign | 0x7c00; // includes a = Infinity
   return sign | ((e + 15) << 10) | m;
 }
 
