@@ -74,13 +74,15 @@ describe('groupedGemm() matches the reference within float32 accumulation error'
       // enough that the [E, K, N] decode path splits K into slices (>= 128 rows each) and
       // sums them (3 and 4 slices on two threads; test/cpu-paths.test.ts reruns this file
       // with 13 threads: up to 7 and 4). The last two put group sizes on both sides of
-      // the [E, N, K] dot-product path's limits (AVX-512: up to 24 rows in passes of at
-      // most 6; AVX2: up to 12 in passes of at most 5), so passes of unequal size and the
-      // hand-over to the few-rows path all run.
+      // the few-rows paths' limits ([E, N, K] dot products, AVX-512: up to 24 rows in
+      // passes of at most 6; AVX2: up to 12 in passes of at most 5. [E, K, N] register
+      // sums, from 5 rows, AVX-512: up to 24 in passes of at most 12; AVX2: 5..6), so
+      // passes of unequal size and the hand-over to the next path all run; the last
+      // shape's K spans three of the [E, K, N] path's K blocks (256 rows).
       const shapes: [number, number, number, number[] | null][] = [
         [1, 72, 80, null], [4, 200, 2 * 40, null], [7, 33, 2 * 17, null], [3, 1, 2, null],
         [3, 1000, 2 * 40, [1, 4, 3]], [2, 520, 2 * 24 + 2, [2, 1]],
-        [6, 72, 2 * 40, [7, 13, 24, 25, 12, 8]], [3, 40, 2 * 17, [9, 17, 11]],
+        [6, 72, 2 * 40, [7, 13, 24, 25, 12, 8]], [4, 40, 2 * 17, [9, 17, 11, 5]], [3, 600, 2 * 20, [5, 16, 13]],
       ];
       for (const [E, K, N, fixed] of shapes) {
         for (const act of c.sep ? (['swiglu', 'geglu'] as Activation[]) : ACTS) {
