@@ -62,6 +62,7 @@ describe('groupedGemm() matches the reference within float32 accumulation error'
     { name: 'f32 [E,N,K]', dtype: 'f32', layout: 'enk' },
     { name: 'bf16 [E,N,K] with bias', dtype: 'bf16', layout: 'enk', bias: true },
     { name: 'f16 [E,K,N] with bias and row scale', dtype: 'f16', layout: 'ekn', bias: true, rowScale: true },
+    { name: 'f32 [E,K,N]', dtype: 'f32', layout: 'ekn' },
     { name: 'bf16 [E,K,N]', dtype: 'bf16', layout: 'ekn' },
     { name: 'bf16 separate gate and up with biases', dtype: 'bf16', layout: 'enk', sep: true, bias: true },
     { name: 'f32 separate gate and up with only an up bias', dtype: 'f32', layout: 'enk', sep: true, upBiasOnly: true },
@@ -82,7 +83,7 @@ describe('groupedGemm() matches the reference within float32 accumulation error'
       const shapes: [number, number, number, number[] | null][] = [
         [1, 72, 80, null], [4, 200, 2 * 40, null], [7, 33, 2 * 17, null], [3, 1, 2, null],
         [3, 1000, 2 * 40, [1, 4, 3]], [2, 520, 2 * 24 + 2, [2, 1]],
-        [6, 72, 2 * 40, [7, 13, 24, 25, 12, 8]], [4, 40, 2 * 17, [9, 17, 11, 5]], [3, 600, 2 * 20, [5, 16, 13]],
+        [6, 72, 2 * 40, [7, 13, 24, 25, 12, 8]], [5, 40, 2 * 17, [9, 17, 11, 5, 6]], [3, 600, 2 * 20, [5, 16, 13]],
       ];
       for (const [E, K, N, fixed] of shapes) {
         for (const act of c.sep ? (['swiglu', 'geglu'] as Activation[]) : ACTS) {
