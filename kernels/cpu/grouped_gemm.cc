@@ -68,7 +68,7 @@ constexpr int kGemvMaxRows = 4;      // rows per expert served by the [K, N] dec
 // even at 16 where the few-rows path pads nothing) and lost from 32 rows at K = 768;
 // the few-rows path beats the packed GEMM up to 64 rows. With AVX2's 16 registers
 // a pass of 6 rows gets one W row per step (dot_cols), so passes of at most 5 rows
-// (Zen 4 running the AVX2 code): 1.4-2.2x the old paths from 6 to 12 rows, equal
+// (Zen 4 running the AVX2 code): 1.1-2.3x the old paths from 6 to 12 rows, equal
 // below. The limits are per ISA (Isa::dot_max_rows, Isa::dot_chunk_rows).
 // NOTE: for [K, N] weights, 5..24 rows per expert on AVX-512 (passes of at most 12)
 // ran 1.3-1.8x faster on the register-sums path (kEknRows) than packed into panels
