@@ -571,6 +571,24 @@ Plan make_plan(const GroupedGemmParams& p, const Problem& pr, const Isa& is, int
     slices = std::max<int64_t>(1, std::min(slices, pr.k / kStreamMinK));
   }
   const int64_t slice_k = (pr.k + slices - 1) / slices;
+  // One item per block of np panels: copies of `base` (kind, rows and per-kind
+  // fields set) with panel0 / panels filled in.
+  const auto push_panel_items = [&](const Item& base, int64_t np) {
+    for (int64_t p0 = 0; p0 < panels; p0 += np) {
+      Item it = base;
+      it.panel0 = p0;
+      it.panels = std::min(np, panels - p0);
+      plan.items.push_back(it);
+    }
+  };
+  const auto rows_item = [](ItemKind kind, int64_t e, int64_t row0, int64_t rows) {
+    Item it{};
+    it.kind = kind;
+    it.row0 = row0;
+    it.expert = e;
+    it.rows = rows;
+    return it;
+  };
 
   for (int64_t e = 0; e < p.experts; ++e) {
     const int64_t row0 = p.offsets[e];
@@ -578,33 +596,16 @@ Plan make_plan(const GroupedGemmParams& p, const Problem& pr, const Isa& is, int
     if (m == 0) continue;
     if (m <= is.dot_max_rows && pr.layout == WeightLayout::kENK) {
       const int64_t np = (kGemvCols + panel_w - 1) / panel_w;
-      for (int64_t p0 = 0; p0 < panels; p0 += np) {
-        Item it{};
-        it.kind = ItemKind::kGemvRows;
-        it.row0 = row0;
-        it.expert = e;
-        it.rows = m;
-        it.panel0 = p0;
-        it.panels = std::min(np, panels - p0);
-        it.chunk = std::min(is.dot_chunk_rows, kDotChunkMax);
-        plan.items.push_back(it);
-      }
+      Item it = rows_item(ItemKind::kGemvRows, e, row0, m);
+      it.chunk = std::min(is.dot_chunk_rows, kDotChunkMax);
+      push_panel_items(it, np);
       plan.scratch_floats = std::max<int64_t>(plan.scratch_floats, (kDotChunkMax + 1) * panel_w);
       continue;
     }
     if (m <= kRowsTMax && pr.layout == WeightLayout::kENK) {
       int64_t np = kRowsTPanels >> panel_shift;
       np = std::max<int64_t>(1, std::min(np, panels));
-      for (int64_t p0 = 0; p0 < panels; p0 += np) {
-        Item it{};
-        it.kind = ItemKind::kRowsT;
-        it.row0 = row0;
-        it.expert = e;
-        it.rows = m;
-        it.panel0 = p0;
-        it.panels = std::min(np, panels - p0);
-        plan.items.push_back(it);
-      }
+      push_panel_items(rows_item(ItemKind::kRowsT, e, row0, m), np);
       // xt + wf + acc + z + bias (see run_rowst_item_v), vector widths <= is.width.
       const int64_t mp = m + is.width;
       plan.scratch_floats = std::max<int64_t>(
@@ -615,17 +616,9 @@ Plan make_plan(const GroupedGemmParams& p, const Problem& pr, const Isa& is, int
     if (pr.layout == WeightLayout::kEKN && m > kGemvMaxRows && m <= is.ekn_max_rows) {
       const int64_t np = std::max<int64_t>(1, std::min<int64_t>(kEknPanels >> panel_shift, panels));
       const int chunk = std::min(is.ekn_chunk_rows, kEknChunkMax);
-      for (int64_t p0 = 0; p0 < panels; p0 += np) {
-        Item it{};
-        it.kind = ItemKind::kEknRows;
-        it.row0 = row0;
-        it.expert = e;
-        it.rows = m;
-        it.panel0 = p0;
-        it.panels = std::min(np, panels - p0);
-        it.chunk = chunk;
-        plan.items.push_back(it);
-      }
+      Item it = rows_item(ItemKind::kEknRows, e, row0, m);
+      it.chunk = chunk;
+      push_panel_items(it, np);
       plan.scratch_floats = std::max<int64_t>(plan.scratch_floats, (np * chunk + 1) * panel_w);
       continue;
     }
@@ -663,17 +656,9 @@ Plan make_plan(const GroupedGemmParams& p, const Problem& pr, const Isa& is, int
     const int64_t per_block = ((m + row_blocks - 1) / row_blocks + is.mr - 1) / is.mr * is.mr;
     for (int64_t r0 = 0; r0 < m; r0 += per_block) {
       const int64_t rows = std::min(per_block, m - r0);
-      for (int64_t p0 = 0; p0 < panels; p0 += np) {
-        Item it{};
-        it.kind = ItemKind::kGemm;
-        it.row0 = row0 + r0;
-        it.expert = e;
-        it.rows = rows;
-        it.panel0 = p0;
-        it.panels = std::min(np, panels - p0);
-        it.kc = kc;
-        plan.items.push_back(it);
-      }
+      Item it = rows_item(ItemKind::kGemm, e, row0 + r0, rows);
+      it.kc = kc;
+      push_panel_items(it, np);
     }
     const int64_t groups = (std::min(per_block, m) + is.mr - 1) / is.mr;
     const int64_t need = round_up_floats(np * kc * panel_w) + round_up_floats(kc * is.mr + is.width) +
