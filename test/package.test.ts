@@ -84,6 +84,7 @@ describe('the packed package', () => {
   let scratch = '';
   let repo = '';
   let tarball = '';
+  let depTarballs: string[] = [];
   const env = { ...process.env, npm_config_nodedir: process.env.npm_config_nodedir ?? '/usr' };
 
   beforeAll(() => {
@@ -97,6 +98,18 @@ describe('the packed package', () => {
     // npm pack runs "prepare" (tsc → dist/).
     const packOut = execFileSync('npm', ['pack', '--silent', '--pack-destination', scratch], { cwd: repo, env, encoding: 'utf8' });
     tarball = path.join(scratch, packOut.trim().split('\n').pop() as string);
+    // NOTE: npm 11.19 resolves a dependency range from the registry's full document of the
+    // package, which a lock-file install never caches, so an offline install of the tarball
+    // alone fails on a fresh machine (ENOTCACHED). The dependencies go in beside it as
+    // tarballs packed from node_modules (the versions the lock file chose), without scripts.
+    const deps = Object.keys(JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).dependencies ?? {});
+    expect(deps.length).toBeGreaterThan(0);
+    depTarballs = deps.map((dep) => {
+      const out = execFileSync('npm', ['pack', '--silent', '--ignore-scripts', '--pack-destination', scratch], {
+        cwd: path.join(root, 'node_modules', dep), env, encoding: 'utf8',
+      });
+      return path.join(scratch, out.trim().split('\n').pop() as string);
+    });
   }, 900_000);
 
   afterAll(() => {
@@ -109,7 +122,7 @@ describe('the packed package', () => {
     const bin = compilerFreePath(scratch);
     const cleanEnv: NodeJS.ProcessEnv = { HOME: process.env.HOME, PATH: bin, npm_config_cache: process.env.npm_config_cache };
     for (const tool of ['cc', 'c++', 'gcc', 'g++', 'nvcc', 'cmake', 'make']) expect(spawnSync('sh', ['-c', `command -v ${tool}`], { env: cleanEnv }).status).not.toBe(0);
-    const installArgs = ['install', '--offline', '--no-audit', '--no-fund', tarball];
+    const installArgs = ['install', '--offline', '--no-audit', '--no-fund', tarball, ...depTarballs];
     // NOTE: --offline alone already forbids the registry; unshare -n also cuts the network.
     const unshare = unshareNetwork();
     const cmd = unshare ? [unshare, '-n', path.join(bin, 'npm'), ...installArgs] : [path.join(bin, 'npm'), ...installArgs];
@@ -132,7 +145,7 @@ describe('the packed package', () => {
     const packOut = execFileSync('npm', ['pack', '--silent', '--ignore-scripts', '--pack-destination', unpacked], { cwd: path.join(unpacked, 'package'), env, encoding: 'utf8' });
     const sourceTarball = path.join(unpacked, packOut.trim().split('\n').pop() as string);
     const consumer = makeConsumer(scratch, 'source-consumer');
-    const inst = spawnSync('npm', ['install', '--offline', '--no-audit', '--no-fund', sourceTarball], { cwd: consumer, env, encoding: 'utf8' });
+    const inst = spawnSync('npm', ['install', '--offline', '--no-audit', '--no-fund', sourceTarball, ...depTarballs], { cwd: consumer, env, encoding: 'utf8' });
     if (inst.status !== 0) throw new Error(`source install failed:\n${inst.stdout}\n${inst.stderr}`);
     const result = runForward(consumer, env);
     expect(result.binary).toMatch(/node_modules\/moekit\/build\/Release\/moekit\.node$/);
