@@ -95,12 +95,12 @@ def main():
     p.add_argument('--ptx-version', default='', help="rewrite the PTX .version line (for an older ptxas)")
     p.add_argument('--map', action='append', default=[], help="REGEX=>REPLACEMENT applied to the old kernels' names")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix='sass-compare-') as work:
-        try:
+    try:
+        with tempfile.TemporaryDirectory(prefix='sass-compare-') as work:
             old = parse(sass_of(args.old, args, work), args.tools)
             new = parse(sass_of(args.new, args, work), args.tools)
-        finally:
-            subprocess.run(['git', 'worktree', 'prune'], capture_output=True)
+    finally:
+        subprocess.run(['git', 'worktree', 'prune'], capture_output=True)  # the temporary checkouts are gone now
     same = differ = 0
     matched = set()
     for name, ops in sorted(old.items()):
