@@ -73,6 +73,13 @@ function runForward(consumer: string, env: NodeJS.ProcessEnv) {
   return result as { binary: string; cuda: boolean };
 }
 
+/** `npm pack` of the package in `dir` into `dest`; returns the tarball's path. */
+function pack(dir: string, dest: string, env: NodeJS.ProcessEnv, ignoreScripts: boolean): string {
+  const args = ['pack', '--silent', ...(ignoreScripts ? ['--ignore-scripts'] : []), '--pack-destination', dest];
+  const out = execFileSync('npm', args, { cwd: dir, env, encoding: 'utf8' });
+  return path.join(dest, out.trim().split('\n').pop() as string);
+}
+
 function makeConsumer(scratch: string, name: string): string {
   const consumer = path.join(scratch, name);
   fs.mkdirSync(consumer);
@@ -96,20 +103,14 @@ describe('the packed package', () => {
     const prebuilds = fs.readdirSync(path.join(repo, 'prebuilds', 'linux-x64'));
     expect(prebuilds.some((f) => f.endsWith('.node'))).toBe(true);
     // npm pack runs "prepare" (tsc → dist/).
-    const packOut = execFileSync('npm', ['pack', '--silent', '--pack-destination', scratch], { cwd: repo, env, encoding: 'utf8' });
-    tarball = path.join(scratch, packOut.trim().split('\n').pop() as string);
+    tarball = pack(repo, scratch, env, false);
     // NOTE: npm 11.19 resolves a dependency range from the registry's full document of the
     // package, which a lock-file install never caches, so an offline install of the tarball
     // alone fails on a fresh machine (ENOTCACHED). The dependencies go in beside it as
     // tarballs packed from node_modules (the versions the lock file chose), without scripts.
     const deps = Object.keys(JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).dependencies ?? {});
     expect(deps.length).toBeGreaterThan(0);
-    depTarballs = deps.map((dep) => {
-      const out = execFileSync('npm', ['pack', '--silent', '--ignore-scripts', '--pack-destination', scratch], {
-        cwd: path.join(root, 'node_modules', dep), env, encoding: 'utf8',
-      });
-      return path.join(scratch, out.trim().split('\n').pop() as string);
-    });
+    depTarballs = deps.map((dep) => pack(path.join(root, 'node_modules', dep), scratch, env, true));
   }, 900_000);
 
   afterAll(() => {
@@ -142,8 +143,7 @@ describe('the packed package', () => {
     fs.mkdirSync(unpacked);
     execFileSync('tar', ['-xzf', tarball, '-C', unpacked]);
     fs.rmSync(path.join(unpacked, 'package', 'prebuilds'), { recursive: true, force: true });
-    const packOut = execFileSync('npm', ['pack', '--silent', '--ignore-scripts', '--pack-destination', unpacked], { cwd: path.join(unpacked, 'package'), env, encoding: 'utf8' });
-    const sourceTarball = path.join(unpacked, packOut.trim().split('\n').pop() as string);
+    const sourceTarball = pack(path.join(unpacked, 'package'), unpacked, env, true);
     const consumer = makeConsumer(scratch, 'source-consumer');
     const inst = spawnSync('npm', ['install', '--offline', '--no-audit', '--no-fund', sourceTarball, ...depTarballs], { cwd: consumer, env, encoding: 'utf8' });
     if (inst.status !== 0) throw new Error(`source install failed:\n${inst.stdout}\n${inst.stderr}`);
